@@ -1,0 +1,53 @@
+# lora-basics: every command a learner or developer needs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Notebooks read this to pin torch's thread count (reproducible numbers): make test LORA_BASICS_THREADS=1
+export LORA_BASICS_THREADS ?= 2
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+
+.PHONY: help lab test lint unit nbval notebooks bench format clean
+
+help:
+	@echo "make lab        open JupyterLab on notebooks/ (creates .venv from requirements-lock.txt on first run)"
+	@echo "make test       ruff + unit tests + nbval on every notebook"
+	@echo "make notebooks  re-execute every notebook in place (fresh kernel, top to bottom)"
+	@echo "make bench      speed of the LoRA layers against torch, loralib and PEFT"
+	@echo "make format     ruff format + fixes (code and notebooks)"
+
+# The environment: pinned versions (torch 2.13.0 CPU build), then the package itself, editable.
+$(BIN)/activate: requirements-lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-lock.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	touch $(BIN)/activate
+
+lab: $(BIN)/activate
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+lint: $(BIN)/activate
+	$(BIN)/ruff check lora_basics tests notebooks
+	$(BIN)/ruff format --check lora_basics tests notebooks
+
+unit: $(BIN)/activate
+	$(BIN)/python -m pytest -q tests
+
+nbval: $(BIN)/activate
+	$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env -p no:randomly
+
+test: lint unit nbval
+
+notebooks: $(BIN)/activate
+	$(BIN)/python -m lora_basics.nbtools run $(NOTEBOOKS)
+
+bench: $(BIN)/activate
+	$(BIN)/python -m lora_basics.bench
+
+format: $(BIN)/activate
+	$(BIN)/ruff check --fix lora_basics tests notebooks
+	$(BIN)/ruff format lora_basics tests notebooks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

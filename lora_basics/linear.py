@@ -1,0 +1,114 @@
+"""`Linear`: loralib's drop-in LoRA replacement for ``nn.Linear``."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import LoRALayer, check_bool, copy_pretrained
+
+
+class Linear(LoRALayer, nn.Linear):
+    """``nn.Linear`` plus a trainable low-rank update (loralib-compatible).
+
+    ``y = x W0^T + b + scaling * dropout(x) A^T B^T`` with ``scaling = lora_alpha / r``.
+
+    Shapes (``r > 0``):
+        - ``weight``: ``(out_features, in_features)``, or ``(in_features, out_features)`` when
+          ``fan_in_fan_out=True`` (GPT-2's ``Conv1D`` stores it that way); frozen.
+        - ``lora_A``: ``(r, in_features)``, kaiming-uniform init (as ``nn.Linear``'s weight).
+        - ``lora_B``: ``(out_features, r)``, zeros, so the layer starts as the pretrained one.
+        - input ``(..., in_features)`` -> output ``(..., out_features)``.
+
+    The forward pass never forms the dense ``(out, in)`` update: it costs
+    ``O(tokens * r * (in + out))`` on top of the base layer.
+
+    Args:
+        in_features, out_features: as ``nn.Linear``.
+        r: rank; ``r = 0`` makes this exactly ``nn.Linear``.
+        lora_alpha: the update is scaled by ``lora_alpha / r``.
+        lora_dropout: dropout on the input of ``lora_A`` (train mode only).
+        fan_in_fan_out: ``weight`` is stored ``(in, out)``.
+        merge_weights: merge the update into ``weight`` on ``eval()``, unmerge on ``train()``.
+        **kwargs: passed to ``nn.Linear`` (``bias``, ``device``, ``dtype``).
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        r: int = 0,
+        lora_alpha: float = 1,
+        lora_dropout: float = 0.0,
+        fan_in_fan_out: bool = False,
+        merge_weights: bool = True,
+        **kwargs,
+    ):
+        nn.Linear.__init__(self, in_features, out_features, **kwargs)
+        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
+        self.fan_in_fan_out = check_bool("fan_in_fan_out", fan_in_fan_out)
+        if self.r > 0:
+            self.lora_A = nn.Parameter(self.weight.new_zeros((self.r, in_features)))
+            self.lora_B = nn.Parameter(self.weight.new_zeros((out_features, self.r)))
+            self.weight.requires_grad = False  # the pretrained weight is frozen
+        self.reset_parameters()
+        if fan_in_fan_out:
+            self.weight = nn.Parameter(self.weight.detach().t().contiguous(), requires_grad=self.weight.requires_grad)
+
+    def reset_parameters(self) -> None:
+        nn.Linear.reset_parameters(self)
+        if self.has_lora:
+            # A like nn.Linear's own weight, B = 0: the update B @ A starts at exactly zero
+            # while gradients still reach B (dL/dB = grad_out^T (x A^T), non-zero because A is not).
+            nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+            nn.init.zeros_(self.lora_B)
+
+    @classmethod
+    def from_module(cls, module: nn.Module, fan_in_fan_out: bool = False, **lora_kwargs) -> Linear:
+        """Wrap a pretrained linear layer, keeping its weight and bias.
+
+        ``module`` is an ``nn.Linear`` (weight ``(out, in)``), or with ``fan_in_fan_out=True`` any
+        module whose 2-D ``weight`` is stored ``(in, out)`` (GPT-2's ``Conv1D``).
+        ``lora_kwargs``: ``r``, ``lora_alpha``, ``lora_dropout``, ``merge_weights``.
+        """
+        weight = getattr(module, "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+            raise TypeError(f"module must have a 2-D weight, got {type(module).__name__}")
+        out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+        bias = getattr(module, "bias", None)
+        layer = cls(
+            in_features,
+            out_features,
+            fan_in_fan_out=fan_in_fan_out,
+            bias=bias is not None,
+            device=weight.device,
+            dtype=weight.dtype,
+            **lora_kwargs,
+        )
+        copy_pretrained(layer, module)
+        return layer
+
+    def full_lora_B(self) -> torch.Tensor:
+        """``lora_B`` laid out over all output features: ``(out_features, rank of lora_A)``.
+
+        For ``Linear`` this is ``lora_B`` itself; ``MergedLinear`` overrides it.
+        """
+        return self.lora_B
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``scaling * B @ A`` in the layout of ``weight`` (transposed if ``fan_in_fan_out``)."""
+        dtype = dtype or self.weight.dtype
+        delta = (self.full_lora_B().to(dtype) @ self.lora_A.to(dtype)) * self.scaling  # (out, in)
+        return delta.t() if self.fan_in_fan_out else delta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = self.weight.t() if self.fan_in_fan_out else self.weight  # (out, in)
+        result = F.linear(x, weight, self.bias)  # (..., out)
+        if not self.has_lora or self.merged:
+            return result
+        # Low-rank path: scale the small (..., r) activation rather than the (..., out) output.
+        after_A = F.linear(self.lora_dropout(x), self.lora_A) * self.scaling  # (..., r)
+        return result + F.linear(after_A, self.full_lora_B())  # (..., out)
