@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # Notebooks read this to pin torch's thread count (reproducible numbers): make test LORA_BASICS_THREADS=1
 export LORA_BASICS_THREADS ?= 2
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
+# Instructor notebooks of the classroom exercises (solutions filled in): checked by nbval too.
+SOLUTIONS := $(sort $(wildcard notebooks/exercises/solutions/[0-9]*.ipynb))
 
 .PHONY: help lab test lint unit nbval notebooks bench format clean
 
@@ -35,12 +37,12 @@ unit: $(BIN)/activate
 	$(BIN)/python -m pytest -q tests
 
 nbval: $(BIN)/activate
-	$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env -p no:randomly
+	$(BIN)/python -m pytest -q --nbval $(NOTEBOOKS) $(SOLUTIONS) --nbval-sanitize-with notebooks/sanitize.cfg --nbval-current-env -p no:randomly
 
 test: lint unit nbval
 
 notebooks: $(BIN)/activate
-	$(BIN)/python -m lora_basics.nbtools run $(NOTEBOOKS)
+	$(BIN)/python -m lora_basics.nbtools run $(NOTEBOOKS) $(SOLUTIONS)
 
 bench: $(BIN)/activate
 	$(BIN)/python -m lora_basics.bench

@@ -25,8 +25,14 @@ IGNORE_OUTPUT_TAG = "nbval-ignore-output"
 FORBIDDEN = {
     "a machine path": re.compile(r"(/(root|home|tmp|work|Users)/)|([A-Z]:\\\\)"),
     "a memory address": re.compile(r"\bat 0x[0-9a-fA-F]{6,}"),
-    "a timing": re.compile(r"\b\d+(\.\d+)?\s?(it/s|s/it)\b"),
+    "a timing": re.compile(r"\b\d+(\.\d+)?\s?(ms|µs|us|it/s|s/it|sec|seconds)\b"),
 }
+SANITIZE_FILE = Path(__file__).resolve().parent.parent / "notebooks" / "sanitize.cfg"
+
+
+def sanitize_patterns(path: Path = SANITIZE_FILE) -> list[tuple[str, str]]:
+    """The (regex, replacement) pairs of the repo's sanitize file, read as nbval reads them."""
+    return re.findall(r"^regex: (.*)$\n^replace: (.*)$", path.read_text(), flags=re.MULTILINE)
 
 
 def clean(nb) -> None:
@@ -65,6 +71,7 @@ def problems(path: Path) -> list[str]:
 
     nb = nbformat.read(path, as_version=4)
     found = []
+    patterns = sanitize_patterns()
     extra = set(nb.metadata) - set(NOTEBOOK_METADATA)
     if extra:
         found.append(f"notebook metadata has {sorted(extra)} beyond {list(NOTEBOOK_METADATA)}")
@@ -85,6 +92,8 @@ def problems(path: Path) -> list[str]:
             if IGNORE_OUTPUT_TAG in tags:
                 continue
             text = _output_text(output)
+            for regex, replacement in patterns:
+                text = re.sub(regex, replacement, text)
             for what, pattern in FORBIDDEN.items():
                 if pattern.search(text):
                     found.append(f"cell {index} output shows {what}: {pattern.search(text).group(0)!r}")
@@ -93,7 +102,8 @@ def problems(path: Path) -> list[str]:
 
 def _output_text(output) -> str:
     if output.output_type == "stream":
-        return output.text
+        # As nbval does: keep only what the last carriage return of each line left visible.
+        return re.sub(r"^.*\r(?=[^\n])", "", output.text, flags=re.MULTILINE)
     if output.output_type == "error":
         return f"{output.ename}: {output.evalue}"
     return str(output.get("data", {}).get("text/plain", ""))
