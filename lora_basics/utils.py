@@ -37,7 +37,9 @@ def _bias_names(model: nn.Module, bias: str) -> list[str]:
     if bias == "all":
         return [name for name, _ in model.named_parameters() if name.split(".")[-1] == "bias"]
     if bias == "lora_only":
-        return [prefix + "bias" for prefix, module, _ in _lora_modules(model) if module.bias is not None]
+        return [
+            prefix + "bias" for prefix, module, _ in _lora_modules(model) if getattr(module, "bias", None) is not None
+        ]
     return []
 
 
