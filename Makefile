@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # Instructor notebooks of the classroom exercises (solutions filled in): checked by nbval too.
 SOLUTIONS := $(sort $(wildcard notebooks/exercises/solutions/[0-9]*.ipynb))
 
-.PHONY: help lab test lint unit nbval notebooks bench format clean
+.PHONY: help lab test lint unit nbval notebooks bench format clean exercises grade data
 
 help:
 	@echo "make lab        open JupyterLab on notebooks/ (creates .venv from requirements-lock.txt on first run)"
@@ -17,6 +17,9 @@ help:
 	@echo "make notebooks  re-execute every notebook in place (fresh kernel, top to bottom)"
 	@echo "make bench      speed of the LoRA layers against torch, loralib and PEFT"
 	@echo "make format     ruff format + fixes (code and notebooks)"
+	@echo "make exercises  regenerate the student exercise notebooks from the solutions"
+	@echo "make grade NOTEBOOKS=path/or/glob  grade learners' exercise notebooks (table + grades.csv)"
+	@echo "make data       rebuild data/tiny_gpt.pt (a few minutes; test: LORA_BASICS_REBUILD_DATA=1 make unit)"
 
 # The environment: pinned versions (torch 2.13.0 CPU build), then the package itself, editable.
 $(BIN)/activate: requirements-lock.txt pyproject.toml
@@ -50,6 +53,17 @@ bench: $(BIN)/activate
 format: $(BIN)/activate
 	$(BIN)/ruff check --fix lora_basics tests notebooks
 	$(BIN)/ruff format lora_basics tests notebooks
+
+exercises: $(BIN)/activate
+	$(BIN)/python -m lora_basics.exercises generate
+
+# make grade NOTEBOOKS=submissions/   (files, folders or globs)
+grade: $(BIN)/activate
+	@test "$(origin NOTEBOOKS)" = "command line" || { echo "usage: make grade NOTEBOOKS=path/or/glob"; exit 2; }
+	$(BIN)/python -m lora_basics.exercises grade $(NOTEBOOKS) --csv $(or $(GRADE_CSV),grades.csv) --timeout $(or $(GRADE_TIMEOUT),300)
+
+data: $(BIN)/activate
+	$(BIN)/python -m lora_basics.pretrain
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info
