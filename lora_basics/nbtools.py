@@ -117,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for i, path in enumerate(args.notebooks, 1):
         if args.command == "run":
-            print(f"[{i}/{len(args.notebooks)}] {path} ...", end=" ", flush=True)
-            print(f"{run(path):.1f} s", flush=True)
+            seconds = run(path)
+            print(f"[{i}/{len(args.notebooks)}] {path}: {seconds:.1f} s", flush=True)
         for problem in problems(path):
             print(f"{path}: {problem}")
             failed += 1
