@@ -15,7 +15,11 @@ import lora_basics as lora
 
 @torch.no_grad()
 def randomize_lora(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
-    """Fill every LoRA factor of ``module`` with normal(0, std) values (so the update is non-zero)."""
+    """Fill every LoRA factor of ``module`` with normal(0, std) values (so the update is non-zero).
+
+    Call it in train mode (unmerged): changing the factors of a merged layer would make its later
+    unmerge take out a different update than the one merged in.
+    """
     generator = torch.Generator().manual_seed(seed)
     for name in lora.lora_parameter_names(module):
         param = module.get_parameter(name)
