@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import math
@@ -42,7 +43,7 @@ def ids(paths):
 
 
 def test_every_lesson_has_an_exercise_notebook():
-    lessons = [f"{n:02d}" for n in range(1, 9)]
+    lessons = [f"{n:02d}" for n in range(1, 10)]
     assert [p.name[:2] for p in SOLUTIONS] == lessons
     assert [p.name for p in STUDENTS] == [p.name for p in SOLUTIONS]
     for path in SOLUTIONS:
@@ -154,6 +155,45 @@ def _export_adds_twice(layer):
     return plain
 
 
+def _counts_c_proj_once(config, r, targets):
+    from lora_basics.gpt import GPT
+
+    d, vocab = config.n_embd, config.vocab_size
+    shapes = {"c_attn": (d, 3 * d), "c_fc": (d, 4 * d), "c_proj": (d, d), "wte": (vocab, d), "lm_head": (d, vocab)}
+    layers = {"wte": 1, "lm_head": 1}
+    trainable = sum(r * sum(shapes[t]) * layers.get(t, config.n_layer) for t in targets)
+    return trainable, sum(p.numel() for p in GPT(config).parameters()) + trainable
+
+
+def _inject_qv_not_frozen(model, r, alpha):
+    for block in model.h:
+        block.attn.c_attn = lora.MergedLinear.from_module(
+            block.attn.c_attn, fan_in_fan_out=True, r=r, lora_alpha=alpha, enable_lora=[True, False, True]
+        )
+    return model
+
+
+def _export_plain_adds_twice(model):
+    from lora_basics.gpt import Conv1D
+
+    exported = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, layer in list(exported.named_modules()):
+            if isinstance(layer, lora.LoRALayer):
+                if isinstance(layer, lora.Embedding):
+                    plain = nn.Embedding(layer.num_embeddings, layer.embedding_dim)
+                elif layer.fan_in_fan_out:
+                    plain = Conv1D(layer.out_features, layer.in_features)
+                else:
+                    plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+                plain.weight.copy_(layer.weight + layer.delta_weight())
+                if getattr(layer, "bias", None) is not None:
+                    plain.bias.copy_(layer.bias)
+                parent, _, child = name.rpartition(".")
+                setattr(exported.get_submodule(parent), child, plain)
+    return exported
+
+
 #: checker -> (wrong answer, expected status, a fragment the message must contain)
 WRONG = {
     "check_param_counts": (lambda d, k, r: (d * k, r * d * k), "failed", "B is d x r"),
@@ -199,6 +239,9 @@ WRONG = {
     "check_conv_forward": (_conv_forward_no_dilation, "failed", "layer.dilation"),
     "check_no_double_merge": (checks.NaiveMergeLinear, "failed", "self.merged"),
     "check_export_linear": (_export_adds_twice, "failed", "ALREADY merged"),
+    "check_lora_counts": (_counts_c_proj_once, "failed", "AND mlp.c_proj"),
+    "check_inject_qv": (_inject_qv_not_frozen, "failed", "mark_only_lora_as_trainable"),
+    "check_export_plain": (_export_plain_adds_twice, "failed", "ALREADY merged"),
 }
 
 
