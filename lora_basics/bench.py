@@ -49,10 +49,11 @@ def _frozen(layer: nn.Module) -> nn.Module:
 
 
 def _lora_ready(layer: nn.Module) -> nn.Module:
-    """Freeze the base and give B non-zero values (B = 0 would not change the cost, but be honest)."""
-    lora.mark_only_lora_as_trainable(layer) if isinstance(layer, lora.LoRALayer) else None
+    """Train only the LoRA factors (the same rule for every library: loralib would leave the bias
+    trainable) and give B non-zero values (B = 0 would not change the cost, but be honest)."""
     with torch.no_grad():
         for name, p in layer.named_parameters():
+            p.requires_grad = "lora_" in name
             if "lora_B" in name:
                 p.normal_(std=0.02)
     return layer
