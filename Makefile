@@ -13,13 +13,17 @@ SOLUTIONS := $(sort $(wildcard notebooks/exercises/solutions/[0-9]*.ipynb))
 
 help:
 	@echo "make lab        open JupyterLab on notebooks/ (creates .venv from requirements-lock.txt on first run)"
-	@echo "make test       ruff + unit tests + nbval on every notebook"
+	@echo "make test       lint + unit + nbval: what CI runs"
+	@echo "make lint       ruff check + ruff format --check (code and notebooks)"
+	@echo "make unit       the unit tests (pytest tests)"
+	@echo "make nbval      re-run every lesson and instructor notebook and compare its outputs (pytest --nbval)"
 	@echo "make notebooks  re-execute every notebook in place (fresh kernel, top to bottom)"
 	@echo "make bench      speed of the LoRA layers against torch, loralib and PEFT"
 	@echo "make format     ruff format + fixes (code and notebooks)"
 	@echo "make exercises  regenerate the student exercise notebooks from the solutions"
 	@echo "make grade NOTEBOOKS=path/or/glob  grade learners' exercise notebooks (table + grades.csv)"
 	@echo "make data       rebuild data/tiny_gpt.pt (a few minutes; test: LORA_BASICS_REBUILD_DATA=1 make unit)"
+	@echo "make clean      remove .venv and caches"
 
 # The environment: pinned versions (torch 2.13.0 CPU build), then the package itself, editable.
 $(BIN)/activate: requirements-lock.txt pyproject.toml
@@ -33,8 +37,8 @@ lab: $(BIN)/activate
 	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 lint: $(BIN)/activate
-	$(BIN)/ruff check lora_basics tests notebooks
-	$(BIN)/ruff format --check lora_basics tests notebooks
+	$(BIN)/ruff check lora_basics lora_course tools tests notebooks
+	$(BIN)/ruff format --check lora_basics lora_course tools tests notebooks
 
 unit: $(BIN)/activate
 	$(BIN)/python -m pytest -q tests
@@ -45,25 +49,25 @@ nbval: $(BIN)/activate
 test: lint unit nbval
 
 notebooks: $(BIN)/activate
-	$(BIN)/python -m lora_basics.nbtools run $(NOTEBOOKS) $(SOLUTIONS)
+	$(BIN)/python -m tools.nbtools run $(NOTEBOOKS) $(SOLUTIONS)
 
 bench: $(BIN)/activate
-	$(BIN)/python -m lora_basics.bench
+	$(BIN)/python -m tools.bench
 
 format: $(BIN)/activate
-	$(BIN)/ruff check --fix lora_basics tests notebooks
-	$(BIN)/ruff format lora_basics tests notebooks
+	$(BIN)/ruff check --fix lora_basics lora_course tools tests notebooks
+	$(BIN)/ruff format lora_basics lora_course tools tests notebooks
 
 exercises: $(BIN)/activate
-	$(BIN)/python -m lora_basics.exercises generate
+	$(BIN)/python -m lora_course.exercises generate
 
 # make grade NOTEBOOKS=submissions/   (files, folders or globs)
 grade: $(BIN)/activate
 	@test "$(origin NOTEBOOKS)" = "command line" || { echo "usage: make grade NOTEBOOKS=path/or/glob"; exit 2; }
-	$(BIN)/python -m lora_basics.exercises grade $(NOTEBOOKS) --csv $(or $(GRADE_CSV),grades.csv) --timeout $(or $(GRADE_TIMEOUT),300)
+	$(BIN)/python -m lora_course.grader $(NOTEBOOKS) --csv $(or $(GRADE_CSV),grades.csv) --timeout $(or $(GRADE_TIMEOUT),300)
 
 data: $(BIN)/activate
-	$(BIN)/python -m lora_basics.pretrain
+	$(BIN)/python -m lora_course.pretrain
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis *.egg-info

@@ -6,46 +6,44 @@
 >>> layer = lora.Linear(768, 768, r=8, lora_alpha=16)
 >>> lora.mark_only_lora_as_trainable(layer)
 
-Modules, one concept each:
-    config.py       LoRAConfig, the settings object of the textbook layer
-    lora_linear.py  LoRALinear, the textbook layer built in notebook 02
-    base.py         LoRALayer: settings, checks, merge-on-eval, safe state dicts
-    linear.py       Linear (loralib-compatible)
-    merged.py       MergedLinear, for fused projections such as Q|K|V
-    embedding.py    Embedding
-    conv.py         ConvLoRA, Conv1d, Conv2d, Conv3d
-    utils.py        mark_only_lora_as_trainable, lora_state_dict
-    adapters.py     model-level tools: add_lora, save_adapter, load_adapter, merge_and_export
-    gpt.py          a tiny GPT-2-style model (Conv1D weights stored (in, out)), for notebook 09
-    tasks.py        the procedural corpus and downstream tasks of the tiny GPT
-    pretrain.py     python -m lora_basics.pretrain: rebuilds data/tiny_gpt.pt
-    checks.py       checkers for the classroom exercises
-    exercises.py    python -m lora_basics.exercises generate | grade
-    notebook.py     setup(): seeds and thread count, the first line of every notebook
-    nbtools.py      execute notebooks in place and check their hygiene (make notebooks)
-    bench.py        python -m lora_basics.bench (make bench)
+One concept per module:
+
+    lora_linear.py    LoRALinear, the textbook layer built in notebook 02
+    config.py         LoRAConfig, the settings object LoRALinear reads
+    lora_layer.py     LoRALayer, what every loralib-style layer shares (settings, state-dict safety)
+    merge.py          merge-on-eval: eval() folds the update into the weight, train() takes it out
+    linear.py         Linear (loralib-compatible)
+    merged_linear.py  MergedLinear, for fused projections such as Q|K|V
+    embedding.py      Embedding
+    conv.py           ConvLoRA, Conv1d, Conv2d, Conv3d
+    utils.py          mark_only_lora_as_trainable, lora_state_dict (loralib's utils)
+    inject.py         add_lora: LoRA into an existing model by module name; trainable_summary
+    adapter_file.py   save_adapter, load_adapter: LoRA tensors only, checked on load
+    export.py         merge_and_export: a plain torch model, updates merged
+    validation.py     argument checks with clear errors
+
+Defaults. The layers keep loralib's (``r=0``, ``lora_alpha=1``) so code written for loralib computes
+the same thing: mind that ``lora.Linear(..., r=16)`` then scales the update by 1/16. ``add_lora``
+defaults to ``r=8, lora_alpha=16``; the textbook ``LoRAConfig`` to ``lora_alpha = lora_r`` (scale 1).
+
+The course around the library (the tiny GPT, exercise checkers, grader) is the package
+``lora_course``; nothing here imports it.
 """
 
-from .adapters import (
-    adapter_settings,
-    add_lora,
-    load_adapter,
-    lora_layers,
-    merge_and_export,
-    parameter_counts,
-    save_adapter,
-    trainable_summary,
-)
-from .base import LoRALayer
+from .adapter_file import adapter_settings, load_adapter, save_adapter
 from .config import LoRAConfig
 from .conv import Conv1d, Conv2d, Conv3d, ConvLoRA
 from .embedding import Embedding
+from .export import merge_and_export
+from .inject import add_lora, lora_layers, parameter_counts, trainable_summary
 from .linear import Linear
+from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
-from .merged import MergedLinear
+from .merged_linear import MergedLinear
 from .utils import lora_parameter_names, lora_state_dict, mark_only_lora_as_trainable
 
-__version__ = "0.1.0"
+#: The one place the version is written (pyproject.toml reads it from here).
+__version__ = "0.2.0"
 
 __all__ = [
     "adapter_settings",

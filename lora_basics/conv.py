@@ -19,10 +19,14 @@ import math
 import torch
 from torch import nn
 
-from .base import LoRALayer, copy_pretrained, refuse_fan_in_fan_out
+from .lora_layer import LoRALayer, copy_pretrained
+from .validation import refuse_fan_in_fan_out
 
 
 class ConvLoRA(LoRALayer):
+    #: The torch convolution this layer extends; each of Conv1d/2d/3d below names its own.
+    torch_conv: type[nn.modules.conv._ConvNd]
+
     """Shared code of :class:`Conv1d`, :class:`Conv2d`, :class:`Conv3d` (each also an ``nn.ConvNd``).
 
     ``scaling * delta`` has the kernel's shape ``(out, in/groups, *kernel_size)``; the forward pass is
@@ -52,7 +56,7 @@ class ConvLoRA(LoRALayer):
         **kwargs,
     ):
         refuse_fan_in_fan_out(type(self).__name__, kwargs)
-        self.torch_conv().__init__(self, in_channels, out_channels, kernel_size, **kwargs)
+        self.torch_conv.__init__(self, in_channels, out_channels, kernel_size, **kwargs)
         LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
         if self.r > 0:
             k0, rest = self.kernel_size[0], math.prod(self.kernel_size[1:])
@@ -61,13 +65,8 @@ class ConvLoRA(LoRALayer):
             self.weight.requires_grad = False
         self.reset_parameters()
 
-    @classmethod
-    def torch_conv(cls) -> type[nn.modules.conv._ConvNd]:
-        """The torch class this layer extends (``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d``)."""
-        return next(base for base in cls.__mro__ if base in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
-
     def reset_parameters(self) -> None:
-        self.torch_conv().reset_parameters(self)
+        self.torch_conv.reset_parameters(self)
         if self.has_lora:
             nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
             nn.init.zeros_(self.lora_B)
@@ -75,9 +74,9 @@ class ConvLoRA(LoRALayer):
     @classmethod
     def from_module(cls, module: nn.modules.conv._ConvNd, **lora_kwargs) -> ConvLoRA:
         """Wrap a pretrained convolution of the matching dimension, keeping its kernel and bias."""
-        if type(module) is not cls.torch_conv():
+        if type(module) is not cls.torch_conv:
             raise TypeError(
-                f"{cls.__name__}.from_module needs an nn.{cls.torch_conv().__name__}, got {type(module).__name__}"
+                f"{cls.__name__}.from_module needs an nn.{cls.torch_conv.__name__}, got {type(module).__name__}"
             )
         layer = cls(
             module.in_channels,
@@ -102,12 +101,14 @@ class ConvLoRA(LoRALayer):
         return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)).view(self.weight.shape) * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv(x, W0) + conv(dropout(x), ΔW)``; one convolution with ``W0 + ΔW`` when there is no dropout."""
         if not self.has_lora or self.merged:
             return self._conv_forward(x, self.weight, self.bias)
-        delta = self.delta_weight()
+        delta = self.delta_weight()  # (out, in/groups, *kernel_size), like the kernel
         if self.training and isinstance(self.lora_dropout, nn.Dropout):
-            # Dropout acts on the input of the LoRA path only, so it needs its own convolution.
+            # Dropout acts on the input of the LoRA path only, so that path needs its own convolution.
             return self._conv_forward(x, self.weight, self.bias) + self._conv_forward(self.lora_dropout(x), delta, None)
+        # Convolution is linear in the kernel: conv(x, W0) + conv(x, ΔW) = conv(x, W0 + ΔW), one call.
         return self._conv_forward(x, self.weight + delta, self.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
@@ -123,10 +124,16 @@ class ConvLoRA(LoRALayer):
 class Conv1d(ConvLoRA, nn.Conv1d):
     """``nn.Conv1d`` with LoRA; input ``(batch, in, length)``. See :class:`ConvLoRA`."""
 
+    torch_conv = nn.Conv1d
+
 
 class Conv2d(ConvLoRA, nn.Conv2d):
     """``nn.Conv2d`` with LoRA; input ``(batch, in, H, W)``. See :class:`ConvLoRA`."""
 
+    torch_conv = nn.Conv2d
+
 
 class Conv3d(ConvLoRA, nn.Conv3d):
     """``nn.Conv3d`` with LoRA; input ``(batch, in, D, H, W)``. See :class:`ConvLoRA`."""
+
+    torch_conv = nn.Conv3d

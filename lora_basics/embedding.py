@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoRALayer, copy_pretrained, refuse_fan_in_fan_out
+from .lora_layer import LoRALayer, copy_pretrained
+from .validation import refuse_fan_in_fan_out
 
 
 class Embedding(LoRALayer, nn.Embedding):
@@ -87,9 +88,17 @@ class Embedding(LoRALayer, nn.Embedding):
         return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)).t() * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``W0[x] + scaling * (B @ A[:, x])^T``: the frozen row of each token plus its low-rank correction."""
         result = nn.Embedding.forward(self, x)  # (..., embedding_dim)
         if not self.has_lora or self.merged:
             return result
-        # Look up column x of A (a row of A^T): (..., r); then map it up with B: (..., embedding_dim).
-        after_A = F.embedding(x, self.lora_A.t(), self.padding_idx, None, 2.0, self.scale_grad_by_freq, self.sparse)
-        return result + F.linear(after_A, self.lora_B) * self.scaling
+        # Token t's column of A, looked up like a row of the table A^T: (..., r). The lookup options
+        # are the frozen table's own, so the update sees the same tokens; max_norm is None (refused).
+        after_A = F.embedding(
+            x,
+            self.lora_A.t(),  # (num_embeddings, r)
+            padding_idx=self.padding_idx,
+            scale_grad_by_freq=self.scale_grad_by_freq,
+            sparse=self.sparse,
+        )
+        return result + self.scaling * F.linear(after_A, self.lora_B)  # B maps r -> embedding_dim

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import LoRALayer, check_bool, copy_pretrained
+from .lora_layer import LoRALayer, copy_pretrained
+from .validation import validate_flag
 
 
 class Linear(LoRALayer, nn.Linear):
@@ -49,7 +50,7 @@ class Linear(LoRALayer, nn.Linear):
     ):
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
         LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
-        self.fan_in_fan_out = check_bool("fan_in_fan_out", fan_in_fan_out)
+        self.fan_in_fan_out = validate_flag("fan_in_fan_out", fan_in_fan_out)
         if self.r > 0:
             self.lora_A = nn.Parameter(self.weight.new_zeros((self.r, in_features)))
             self.lora_B = nn.Parameter(self.weight.new_zeros((out_features, self.r)))
@@ -104,16 +105,32 @@ class Linear(LoRALayer, nn.Linear):
         delta = (self.full_lora_B().to(dtype) @ self.lora_A.to(dtype)) * self.scaling  # (out, in)
         return delta.t() if self.fan_in_fan_out else delta
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = self.weight.t() if self.fan_in_fan_out else self.weight  # (out, in)
-        result = F.linear(x, weight, self.bias)  # (..., out)
+    def forward_formula(self, x: torch.Tensor) -> torch.Tensor:
+        """The LoRA forward pass exactly as written: ``x W0^T + b + scaling * dropout(x) A^T B^T``.
+
+        :meth:`forward` computes the same thing with one fused call (a test checks they agree, and
+        ``make bench`` times both); read this one to see what a LoRA layer does.
+        """
+        result = F.linear(x, self.weight_out_in(), self.bias)  # (..., out)
         if not self.has_lora or self.merged:
             return result
-        # Low-rank path: scale the small (..., r) activation rather than the (..., out) output.
+        after_A = F.linear(self.lora_dropout(x), self.lora_A)  # (..., r)
+        return result + self.scaling * F.linear(after_A, self.full_lora_B())  # (..., out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Same result as :meth:`forward_formula`, with the last two steps fused into one ``addmm``."""
+        result = F.linear(x, self.weight_out_in(), self.bias)  # (..., out)
+        if not self.has_lora or self.merged:
+            return result
+        # Scale the small (..., r) activation rather than the (..., out) output.
         after_A = F.linear(self.lora_dropout(x), self.lora_A) * self.scaling  # (..., r)
-        # result + after_A @ B^T as one fused GEMM (addmm: no separate pass over the output), with
-        # B^T copied contiguous (a tiny (r, out) copy) so that the backward's GEMMs run in their
-        # fastest memory layout. Same math as `result + F.linear(after_A, B)`, ~8% faster on CPU.
+        # torch.addmm(C, M1, M2) = C + M1 @ M2 in one GEMM: no separate pass over the (..., out)
+        # output to add the update. B^T is copied contiguous (a tiny (r, out) copy) so that the
+        # backward's GEMMs also run in their fastest memory layout.
         B_t = self.full_lora_B().t().contiguous()  # (r, out)
-        out = torch.addmm(result.reshape(-1, B_t.shape[1]), after_A.reshape(-1, B_t.shape[0]), B_t)
+        out = torch.addmm(result.reshape(-1, self.out_features), after_A.reshape(-1, B_t.shape[0]), B_t)
         return out.view(result.shape)  # (..., out)
+
+    def weight_out_in(self) -> torch.Tensor:
+        """``weight`` as ``(out_features, in_features)`` (a transposed view if ``fan_in_fan_out``)."""
+        return self.weight.t() if self.fan_in_fan_out else self.weight

@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import check_alpha, check_dropout, check_rank, copy_pretrained
+from .lora_layer import copy_pretrained
+from .validation import validate_alpha, validate_dropout, validate_rank
 
 
 def read_config(config: object) -> tuple[int, float, float]:
@@ -26,10 +27,10 @@ def read_config(config: object) -> tuple[int, float, float]:
             f"config must have attributes lora_r and lora_dropout; {type(config).__name__} is missing "
             f"{', '.join(missing)} (use lora_basics.LoRAConfig(lora_r=8, lora_dropout=0.0))"
         )
-    r = check_rank(config.lora_r, allow_zero=False)
-    dropout = check_dropout(config.lora_dropout)
+    r = validate_rank(config.lora_r, allow_zero=False)
+    dropout = validate_dropout(config.lora_dropout)
     alpha = getattr(config, "lora_alpha", None)
-    alpha = r if alpha is None else check_alpha(alpha, r)
+    alpha = r if alpha is None else validate_alpha(alpha, r)
     return r, dropout, alpha
 
 

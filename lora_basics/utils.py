@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .base import LoRALayer
+from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
 
 BIAS_MODES = ("none", "all", "lora_only")

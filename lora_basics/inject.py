@@ -1,0 +1,179 @@
+"""`add_lora`: put LoRA into an existing model by module name, keeping its pretrained weights.
+
+    model = add_lora(model, ["c_attn"], r=8, lora_alpha=16, enable_lora={"c_attn": [True, False, True]})
+    print(trainable_summary(model))   # trainable params: 12,288 || all params: ... || trainable%: ...
+
+``add_lora`` replaces every module whose name matches a target by the matching LoRA layer, built
+with that layer's ``from_module`` (so the pretrained weights are kept):
+
+=====================================  =============================================================
+pretrained module                      LoRA layer
+=====================================  =============================================================
+``nn.Linear``                          :class:`Linear` (:class:`MergedLinear` if ``enable_lora``)
+GPT-2 ``Conv1D`` (weight ``(in, out)``)  the same, with ``fan_in_fan_out=True``
+``nn.Embedding``                       :class:`Embedding`
+``nn.Conv1d`` / ``2d`` / ``3d``        :class:`Conv1d` / :class:`Conv2d` / :class:`Conv3d`
+=====================================  =============================================================
+
+Defaults. ``add_lora`` uses ``r=8, lora_alpha=16`` (scale 2, a common fine-tuning recipe) because
+it is the model-level entry point; the layers themselves keep loralib's ``r=0, lora_alpha=1`` so
+that code written for loralib computes the same thing. Saving, loading and exporting adapters are
+in :mod:`lora_basics.adapter_file` and :mod:`lora_basics.export`.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .conv import Conv1d, Conv2d, Conv3d
+from .embedding import Embedding
+from .linear import Linear
+from .lora_layer import LoRALayer
+from .merged_linear import MergedLinear
+from .utils import lora_parameter_names, mark_only_lora_as_trainable
+
+_CONVS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
+#: Attribute of a LoRA layer made by add_lora: the module it replaced, on the meta device.
+BASE_SHELL = "_lora_base_shell"
+
+
+def _is_conv1d_style(module: nn.Module) -> bool:
+    """GPT-2's ``Conv1D`` (ours or Hugging Face's): a linear layer with a 2-D weight stored ``(in, out)``."""
+    weight = getattr(module, "weight", None)
+    return type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.dim() == 2
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """A target ``pattern`` names a module by its full name or by its last parts: ``"c_attn"``
+    matches ``"h.0.attn.c_attn"``, ``"attn.c_proj"`` matches ``"h.0.attn.c_proj"`` but not ``"h.0.mlp.c_proj"``."""
+    return name == pattern or name.endswith("." + pattern)
+
+
+def _wrap(module: nn.Module, name: str, enable_lora: list[bool] | None, **lora_kwargs) -> LoRALayer:
+    """The LoRA layer replacing the pretrained ``module`` (named ``name``), with its weights.
+
+    ``lora_kwargs``: ``r``, ``lora_alpha``, ``lora_dropout``, ``merge_weights``, as every layer takes them.
+    """
+    if isinstance(module, LoRALayer):
+        raise ValueError(f"module {name!r} is already a LoRA layer ({type(module).__name__}); call add_lora once")
+    if isinstance(module, nn.Embedding):
+        if enable_lora is not None:
+            raise ValueError(f"enable_lora is for fused linear layers, but {name!r} is an nn.Embedding")
+        # An embedding's LoRA path has no dropout (its input is a token id), as in loralib.
+        lora_kwargs.pop("lora_dropout", None)
+        return Embedding.from_module(module, **lora_kwargs)
+    if isinstance(module, nn.Linear) or _is_conv1d_style(module):
+        fan_in_fan_out = not isinstance(module, nn.Linear)
+        if enable_lora is None:
+            return Linear.from_module(module, fan_in_fan_out=fan_in_fan_out, **lora_kwargs)
+        return MergedLinear.from_module(module, fan_in_fan_out=fan_in_fan_out, enable_lora=enable_lora, **lora_kwargs)
+    if type(module) in _CONVS:
+        if enable_lora is not None:
+            raise ValueError(f"enable_lora is for fused linear layers, but {name!r} is an {type(module).__name__}")
+        return _CONVS[type(module)].from_module(module, **lora_kwargs)
+    raise TypeError(
+        f"module {name!r} is a {type(module).__name__}; add_lora supports nn.Linear, GPT-2's Conv1D, "
+        "nn.Embedding and nn.Conv1d/2d/3d"
+    )
+
+
+def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
+    """Put ``layer`` where the submodule ``name`` of ``model`` was."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
+
+
+def inject(model: nn.Module, name: str, enable_lora: list[bool] | None = None, **lora_kwargs) -> None:
+    """Replace the module ``name`` of ``model`` by its LoRA layer (see :func:`add_lora`)."""
+    module = model.get_submodule(name)
+    layer = _wrap(module, name, enable_lora, **lora_kwargs)
+    layer.train(module.training)  # an eval-mode model stays in eval mode (merged)
+    # Remember what was replaced, as a storage-free copy on the meta device: merge_and_export
+    # rebuilds the original module type from it. Set with object.__setattr__ so it is *not*
+    # registered as a submodule (it must not show up in named_modules() or state_dict()).
+    object.__setattr__(layer, BASE_SHELL, copy.deepcopy(module).to("meta"))
+    replace_module(model, name, layer)
+
+
+def lora_layers(model: nn.Module) -> dict[str, LoRALayer]:
+    """``{name: layer}`` of every LoRA layer in ``model`` that carries an update (``r > 0``)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALayer) and m.has_lora}
+
+
+def add_lora(
+    model: nn.Module,
+    target_modules: list[str],
+    r: int = 8,
+    lora_alpha: float = 16,
+    lora_dropout: float = 0.0,
+    enable_lora: dict[str, list[bool]] | None = None,
+    merge_weights: bool = True,
+    bias: str = "none",
+) -> nn.Module:
+    """Replace every module named by ``target_modules`` with a LoRA layer holding its pretrained weights.
+
+    Args:
+        model: the pretrained model, changed in place (and returned).
+        target_modules: module names or name endings, e.g. ``["c_attn", "c_proj"]`` (every
+            ``...c_attn`` and ``...c_proj``), ``["attn.c_proj"]``, ``["wte"]``. Each must match
+            at least one module.
+        r, lora_alpha, lora_dropout, merge_weights: the settings of every new layer (``lora_dropout``
+            does not apply to embeddings).
+        enable_lora: for fused projections: ``{target: flags}``, e.g. ``{"c_attn": [True, False, True]}``
+            puts LoRA on Q and V of GPT-2's fused ``c_attn`` (a :class:`MergedLinear`).
+        bias: which biases stay trainable, as in :func:`mark_only_lora_as_trainable`.
+
+    Afterwards only the LoRA parameters (and ``bias`` biases) are trainable.
+    """
+    if isinstance(target_modules, str):
+        raise TypeError(f"target_modules must be a list of names, got the string {target_modules!r}")
+    enable_lora = dict(enable_lora or {})
+    unknown = sorted(set(enable_lora) - set(target_modules))
+    if unknown:
+        raise ValueError(f"enable_lora has keys {unknown} that are not in target_modules={list(target_modules)}")
+    existing = sorted(lora_layers(model))
+    if existing:
+        raise ValueError(f"model already has LoRA layers ({existing[:3]}...); add_lora once per base model")
+    names = [name for name, _ in model.named_modules() if name]
+    chosen: dict[str, list[bool] | None] = {}
+    for pattern in target_modules:
+        matched = [name for name in names if _matches(name, pattern)]
+        if not matched:
+            leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
+            raise ValueError(f"target {pattern!r} matches no module; modules are e.g. {leaves[:8]}")
+        for name in matched:
+            if chosen.get(name) is None:
+                chosen[name] = enable_lora.get(pattern)
+    for name, flags in chosen.items():
+        inject(
+            model,
+            name,
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            merge_weights=merge_weights,
+            enable_lora=flags,
+        )
+    mark_only_lora_as_trainable(model, bias=bias)
+    return model
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """``{"trainable": ..., "total": ..., "lora": ...}`` parameter counts of ``model``."""
+    lora = set(lora_parameter_names(model))
+    params = dict(model.named_parameters())
+    return {
+        "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
+        "total": sum(p.numel() for p in params.values()),
+        "lora": sum(p.numel() for n, p in params.items() if n in lora),
+    }
+
+
+def trainable_summary(model: nn.Module) -> str:
+    """One line: ``trainable params: 12,288 || all params: 955,808 || trainable%: 1.2856``."""
+    counts = parameter_counts(model)
+    share = 100 * counts["trainable"] / max(1, counts["total"])
+    return f"trainable params: {counts['trainable']:,} || all params: {counts['total']:,} || trainable%: {share:.4f}"

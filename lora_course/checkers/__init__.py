@@ -1,0 +1,63 @@
+"""Checkers for the classroom exercises in ``notebooks/exercises/``: immediate, specific feedback.
+
+One module per lesson (``lesson02.py`` holds the checkers of ``02_lora_linear_from_scratch``), the shared
+machinery in ``common.py``. Each exercise cell defines a function (or class); the check cell right after it
+calls one checker::
+
+    from lora_course import checkers
+    checkers.check_lora_forward(lora_forward)
+
+A checker runs the learner's code on several small cases and compares it with ``lora_basics`` (the
+reference). On success it prints one line starting with ``✓``. On failure it prints what was
+expected, what came back and a hint, and raises :class:`ExerciseFailed` (an ``AssertionError``)
+carrying the same message, so the notebook stops there and the grader (``python -m lora_course.grader``)
+can tell the outcome:
+
+- ``status = "not attempted"``: the learner's code still raises the stub's ``NotImplementedError``,
+- ``status = "error"``: the learner's code raised some other exception,
+- ``status = "failed"``: it ran but gave a wrong answer.
+
+The message's first line names the status, so it also survives in a saved notebook's error output.
+"""
+
+from .common import ExerciseFailed
+from .lesson01 import check_best_rank_r, check_param_counts, check_rank_for_energy
+from .lesson02 import check_freeze_base, check_lora_forward, check_lora_linear_class
+from .lesson03 import check_budget, check_lora_grads, check_scaling
+from .lesson04 import check_fifo_delta, check_lora_state_dict, check_wrap_linears
+from .lesson05 import check_merged_forward, check_merged_scatter, check_merged_shapes
+from .lesson06 import check_changed_tokens, check_embedding_forward, check_embedding_merge
+from .lesson07 import check_conv_delta, check_conv_forward, check_conv_shapes
+from .lesson08 import NaiveMergeLinear, check_export_linear, check_no_double_merge
+from .lesson09 import check_export_plain, check_inject_qv, check_lora_counts
+
+__all__ = [
+    "ExerciseFailed",
+    "check_param_counts",
+    "check_best_rank_r",
+    "check_rank_for_energy",
+    "check_lora_forward",
+    "check_freeze_base",
+    "check_lora_linear_class",
+    "check_scaling",
+    "check_lora_grads",
+    "check_budget",
+    "check_fifo_delta",
+    "check_lora_state_dict",
+    "check_wrap_linears",
+    "check_merged_shapes",
+    "check_merged_scatter",
+    "check_merged_forward",
+    "check_embedding_merge",
+    "check_embedding_forward",
+    "check_changed_tokens",
+    "check_conv_shapes",
+    "check_conv_delta",
+    "check_conv_forward",
+    "NaiveMergeLinear",
+    "check_no_double_merge",
+    "check_export_linear",
+    "check_lora_counts",
+    "check_inject_qv",
+    "check_export_plain",
+]

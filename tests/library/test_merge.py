@@ -1,0 +1,246 @@
+"""Merge on eval: exactness, the state machine, drift, and safe state dicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import lora_basics as lora
+from tests.helpers import LAYER_KINDS, make_layer, randomize_lora
+
+
+def test_eval_merges_train_unmerges_and_outputs_agree(kind):
+    layer, x = make_layer(kind)
+    w0 = layer.weight.detach().clone()
+    train_out = layer(x)
+    layer.eval()
+    assert layer.merged
+    assert not torch.equal(layer.weight, w0)
+    torch.testing.assert_close(layer(x), train_out, rtol=1e-5, atol=1e-5)
+    layer.train()
+    assert not layer.merged
+    torch.testing.assert_close(layer.weight, w0, rtol=0, atol=1e-6)
+
+
+def test_merged_weight_is_base_plus_delta(kind):
+    layer, _ = make_layer(kind)
+    w0 = layer.weight.detach().clone()
+    layer.eval()
+    torch.testing.assert_close(layer.weight, w0 + layer.delta_weight())
+
+
+def test_parent_eval_and_train_reach_the_layers():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Sequential(randomize_lora(lora.Linear(8, 8, r=2))), nn.ReLU(), randomize_lora(lora.Linear(8, 4, r=2))
+    )
+    model.eval()
+    assert all(m.merged for m in model.modules() if isinstance(m, lora.LoRALayer))
+    model.train()
+    assert not any(m.merged for m in model.modules() if isinstance(m, lora.LoRALayer))
+
+
+def test_merging_twice_adds_once(kind):
+    layer, x = make_layer(kind)
+    expected = layer(x)
+    layer.eval()
+    layer.eval()
+    layer.merge()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    layer.unmerge()
+    layer.unmerge()
+    assert not layer.merged
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_weights_false_never_merges(kind):
+    layer, x = make_layer(kind, merge_weights=False)
+    expected = layer(x)
+    layer.eval()
+    assert not layer.merged
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_explicit_merge_and_unmerge(kind):
+    layer, x = make_layer(kind)
+    expected = layer(x)
+    layer.merge()
+    assert layer.merged and layer.training
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    layer.unmerge()
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+
+
+# -- 1. drift after many toggles ----------------------------------------------------------------
+
+
+def test_fp32_hundred_toggles_do_not_drift(kind):
+    layer, x = make_layer(kind)
+    w0 = layer.weight.detach().clone()
+    reference = layer(x).detach()
+    for _ in range(100):
+        layer.eval()
+        layer.train()
+    assert (layer.weight - w0).abs().max().item() < 1e-6
+    torch.testing.assert_close(layer(x), reference, rtol=0, atol=1e-5)
+    layer.eval()
+    torch.testing.assert_close(layer(x), reference, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_drift_is_bounded(kind, dtype):
+    """In bf16/fp16 a merge rounds once; the unmerge may land one rounding step off, but further
+    toggles do not walk away: the drift after 100 toggles is no larger than after the first one,
+    and stays within one unit in the last place of the weight's dtype (2**-8 bf16, 2**-11 fp16)."""
+    layer, _ = make_layer(kind, dtype=dtype)
+    w0 = layer.weight.detach().float().clone()
+    layer.eval()
+    layer.train()
+    after_one = (layer.weight.float() - w0).abs().max().item()
+    for _ in range(99):
+        layer.eval()
+        layer.train()
+    after_hundred = (layer.weight.float() - w0).abs().max().item()
+    ulp = torch.finfo(dtype).eps * w0.abs().max().item()
+    assert after_hundred <= max(after_one, ulp)
+    assert after_hundred <= ulp
+
+
+# -- 2. MergedLinear blocks --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("enable_lora", [[True, False, True], [False, True, False], [True, True, True]])
+@pytest.mark.parametrize("fan_in_fan_out", [True, False])
+def test_merged_linear_blocks(enable_lora, fan_in_fan_out):
+    torch.manual_seed(0)
+    d, r = 6, 2
+    layer = randomize_lora(
+        lora.MergedLinear(10, 3 * d, r=r, lora_alpha=4, enable_lora=enable_lora, fan_in_fan_out=fan_in_fan_out)
+    )
+    x = torch.randn(4, 10)
+    train_out = layer(x)
+    delta = layer.delta_weight()
+    delta = delta.T if fan_in_fan_out else delta  # (out, in)
+    A, B = layer.lora_A.split(r), layer.lora_B.split(d)
+    enabled = 0
+    for i, on in enumerate(enable_lora):
+        block = delta[i * d : (i + 1) * d]
+        if on:
+            torch.testing.assert_close(block, B[enabled] @ A[enabled] * layer.scaling)
+            enabled += 1
+        else:
+            assert torch.all(block == 0)
+    layer.eval()
+    torch.testing.assert_close(layer(x), train_out, rtol=1e-5, atol=1e-5)
+
+
+# -- 3. Embedding merge ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("padding_idx", [None, 0, 5])
+def test_embedding_merge_is_exact(padding_idx):
+    torch.manual_seed(0)
+    layer = randomize_lora(lora.Embedding(12, 6, r=3, lora_alpha=3, padding_idx=padding_idx))
+    torch.testing.assert_close(layer.delta_weight(), (layer.lora_B @ layer.lora_A).T * layer.scaling)
+    ids = torch.arange(12).view(3, 4)
+    train_out = layer(ids)
+    layer.eval()
+    torch.testing.assert_close(layer(ids), train_out, rtol=1e-6, atol=1e-6)
+
+
+def test_embedding_padding_row_gets_no_lora_gradient():
+    layer = lora.Embedding(10, 4, r=2, padding_idx=3)
+    layer(torch.tensor([[3, 1, 3, 2]])).sum().backward()
+    assert torch.all(layer.lora_A.grad[:, 3] == 0) and layer.lora_A.grad[:, 1].abs().sum() > 0
+
+
+# -- 4. Conv: every dimension, tuple kernels, groups, dropout ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "cls, in_shape, kwargs",
+    [
+        (lora.Conv1d, (2, 4, 11), dict(kernel_size=3)),
+        (lora.Conv1d, (2, 4, 11), dict(kernel_size=(5,), stride=2, padding=2, dilation=2, groups=2)),
+        (lora.Conv2d, (2, 4, 9, 9), dict(kernel_size=3, groups=2, stride=2, padding=1, dilation=2)),
+        (lora.Conv2d, (2, 4, 9, 9), dict(kernel_size=(3, 1), padding=(1, 0))),
+        (lora.Conv3d, (1, 4, 6, 7, 5), dict(kernel_size=3)),
+        (lora.Conv3d, (1, 4, 6, 7, 5), dict(kernel_size=(2, 3, 1), groups=4, padding=1)),
+    ],
+)
+def test_conv_builds_runs_merges_exactly(cls, in_shape, kwargs):
+    torch.manual_seed(0)
+    layer = randomize_lora(cls(4, 8, r=2, lora_alpha=2, **kwargs))
+    x = torch.randn(*in_shape)
+    w0 = layer.weight.detach().clone()
+    plain = cls.torch_conv(4, 8, **kwargs)
+    plain.load_state_dict({"weight": w0 + layer.delta_weight().detach(), "bias": layer.bias.detach()})
+    torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5)  # unmerged == conv with W0 + delta
+    layer.eval()
+    torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5)
+    layer.train()
+    torch.testing.assert_close(layer.weight, w0, rtol=0, atol=1e-6)
+
+
+def test_conv_dropout_is_applied_on_the_lora_path():
+    torch.manual_seed(0)
+    layer = randomize_lora(lora.Conv2d(3, 4, 3, r=2, lora_dropout=0.5, padding=1), std=0.5)
+    x = torch.randn(2, 3, 6, 6)
+    base = layer._conv_forward(x, layer.weight, layer.bias)
+    outs = [layer(x) for _ in range(2)]
+    assert not torch.allclose(outs[0], outs[1])  # a different mask each call
+    layer.eval()
+    torch.testing.assert_close(layer(x), base + layer._conv_forward(x, layer.delta_weight(), None))
+
+
+# -- 5. state dicts while merged ---------------------------------------------------------------
+
+
+def test_saving_merged_equals_saving_unmerged(kind):
+    layer, x = make_layer(kind)
+    unmerged_state = {k: v.clone() for k, v in layer.state_dict().items()}
+    layer.eval()
+    merged_state = layer.state_dict()
+    assert merged_state.keys() == unmerged_state.keys()
+    for key in unmerged_state:
+        torch.testing.assert_close(merged_state[key], unmerged_state[key], rtol=0, atol=1e-6)
+    fresh, _ = make_layer(kind)
+    fresh.reset_parameters()
+    fresh.load_state_dict(merged_state)
+    for mode in (True, False):
+        layer.train(mode), fresh.train(mode)
+        torch.testing.assert_close(fresh(x), layer(x), rtol=1e-5, atol=1e-5)
+
+
+def test_loading_into_a_merged_layer_unmerges_first(kind):
+    source, x = make_layer(kind)
+    target, _ = make_layer(kind)
+    randomize_lora(target, seed=1)  # a different update, merged into its weight
+    target.eval()
+    target.load_state_dict(source.state_dict())
+    assert target.merged
+    source.eval()
+    torch.testing.assert_close(target(x), source(x), rtol=1e-5, atol=1e-5)
+    target.train()
+    torch.testing.assert_close(target.weight, source.train().weight, rtol=0, atol=1e-6)
+
+
+def test_loading_only_the_lora_state_dict_into_a_merged_model():
+    torch.manual_seed(0)
+    trained = randomize_lora(nn.Sequential(lora.Linear(8, 8, r=2), lora.Linear(8, 3, r=2)))
+    deployed = nn.Sequential(lora.Linear(8, 8, r=2), lora.Linear(8, 3, r=2))
+    deployed.load_state_dict(trained.state_dict())
+    randomize_lora(deployed, seed=5)
+    deployed.eval()
+    deployed.load_state_dict(lora.lora_state_dict(trained), strict=False)
+    x = torch.randn(4, 8)
+    torch.testing.assert_close(deployed(x), trained.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", LAYER_KINDS)
+def test_state_dict_keys_are_loralib_names(kind):
+    layer, _ = make_layer(kind)
+    assert set(layer.state_dict()) == {"weight", "bias", "lora_A", "lora_B"} - (
+        {"bias"} if kind == "embedding" else set()
+    )

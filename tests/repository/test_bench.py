@@ -1,0 +1,23 @@
+"""The benchmark script runs and reports the three ratios (its numbers are not asserted: speed is
+measured by `make bench`, not by timed tests)."""
+
+from __future__ import annotations
+
+from tools import bench
+
+
+def test_bench_reports_every_case(capsys):
+    bench.main(["--rounds", "1"])
+    printed = capsys.readouterr().out
+    for line in (
+        "Linear 768->768, train step",
+        "lora_basics.Linear r=8",
+        "lora_basics.Linear, formula (unfused)",
+        "MergedLinear 768->2304 [T,F,T], train step",
+        "lora_basics.MergedLinear",
+        "lora_basics.MergedLinear, formula",
+        "Linear 768->768, eval forward",
+        "lora_basics.Linear r=8, merged",
+    ):
+        assert line in printed
+    assert printed.count("1.00x") >= 3  # each group's baseline
