@@ -20,6 +20,7 @@ One concept per module:
     inject.py         add_lora: LoRA into an existing model by module name; trainable_summary
     adapter_file.py   save_adapter, load_adapter: LoRA tensors only, checked on load
     export.py         merge_and_export: a plain torch model, updates merged
+    nf4.py            4-bit NormalFloat (QLoRA's base-weight format), bit for bit like bitsandbytes
     validation.py     argument checks with clear errors
 
 Defaults. The layers keep loralib's (``r=0``, ``lora_alpha=1``) so code written for loralib computes
