@@ -20,6 +20,7 @@ One concept per module:
     inject.py         add_lora: LoRA into an existing model by module name; trainable_summary
     adapter_file.py   save_adapter, load_adapter: LoRA tensors only, checked on load
     export.py         merge_and_export: a plain torch model, updates merged
+    peft_bridge.py    to_peft, from_peft: the same adapter as a Hugging Face PEFT adapter, both ways
     nf4.py            4-bit NormalFloat (QLoRA's base-weight format), bit for bit like bitsandbytes
     validation.py     argument checks with clear errors
 
@@ -41,6 +42,7 @@ from .linear import Linear
 from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
 from .merged_linear import MergedLinear
+from .peft_bridge import from_peft, to_peft
 from .utils import lora_parameter_names, lora_state_dict, mark_only_lora_as_trainable
 
 #: The one place the version is written (pyproject.toml reads it from here).
@@ -54,6 +56,8 @@ __all__ = [
     "merge_and_export",
     "parameter_counts",
     "save_adapter",
+    "to_peft",
+    "from_peft",
     "trainable_summary",
     "Conv1d",
     "Conv2d",

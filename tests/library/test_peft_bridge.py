@@ -1,0 +1,137 @@
+"""to_peft / from_peft: the same adapter as a Hugging Face PEFT adapter, both ways, on a tiny GPT-2."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+import lora_basics as lora
+from lora_basics.peft_bridge import CONFIG_FILE, PREFIX, WEIGHTS_FILE, load_safetensors, save_safetensors
+from tests.helpers import randomize_lora
+
+transformers = pytest.importorskip("transformers")
+peft = pytest.importorskip("peft")
+
+
+def tiny_gpt2(seed: int = 0):
+    """A randomly initialised GPT-2 (nothing downloaded), untied so that wte and lm_head are separate."""
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=False
+    )
+    return transformers.GPT2LMHeadModel(config).eval()
+
+
+TOKENS = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(1))
+
+
+def logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(TOKENS).logits
+
+
+def ours_with_lora():
+    model = lora.add_lora(
+        tiny_gpt2().train(),  # factors are set below: in train mode, unmerged
+        ["c_attn", "attn.c_proj", "wte", "lm_head"],
+        r=4,
+        lora_alpha=8,
+        enable_lora={"c_attn": [True, False, True]},
+    )
+    return randomize_lora(model, std=0.2).eval()
+
+
+def test_to_peft_loads_in_peft_and_gives_the_same_logits(tmp_path):
+    ours = ours_with_lora()
+    expected = logits(ours)
+    lora.to_peft(ours, tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    assert config["rank_pattern"] == {f"transformer.h.{i}.attn.c_attn": 8 for i in range(2)}  # r * k = 4 * 2
+    assert config["alpha_pattern"] == {f"transformer.h.{i}.attn.c_attn": 16.0 for i in range(2)}
+    theirs = peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()
+    assert not torch.allclose(expected, logits(tiny_gpt2()), atol=1e-3)  # the adapter does change the model
+    torch.testing.assert_close(logits(theirs), expected, rtol=0, atol=1e-5)
+
+
+def test_from_peft_reads_a_peft_adapter_and_gives_the_same_logits(tmp_path):
+    config = peft.LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["c_attn", "mlp.c_fc", "wte"],
+        rank_pattern={"wte": 2},
+        alpha_pattern={"wte": 3},
+    )
+    theirs = peft.get_peft_model(tiny_gpt2(), config)
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(3)
+        for name, param in theirs.named_parameters():
+            if "lora_" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    theirs.eval()
+    theirs.save_pretrained(tmp_path)
+    ours = lora.from_peft(tiny_gpt2(), tmp_path).eval()
+    assert isinstance(ours.transformer.h[0].attn.c_attn, lora.Linear) and ours.transformer.h[0].attn.c_attn.fan_in_fan_out
+    assert isinstance(ours.transformer.wte, lora.Embedding) and ours.transformer.wte.r == 2
+    torch.testing.assert_close(logits(ours), logits(theirs), rtol=0, atol=1e-5)
+    # and back again: ours -> PEFT -> the same logits
+    lora.to_peft(ours, tmp_path / "again")
+    again = peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path / "again").eval()
+    torch.testing.assert_close(logits(again), logits(theirs), rtol=0, atol=1e-5)
+
+
+def test_trained_adapter_round_trips(tmp_path):
+    ours = lora.add_lora(tiny_gpt2().train(), ["c_attn"], r=2, lora_alpha=4)
+    optimizer = torch.optim.AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(5):
+        loss = ours(TOKENS, labels=TOKENS).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    ours.eval()
+    lora.to_peft(ours, tmp_path)
+    torch.testing.assert_close(logits(peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()), logits(ours))
+    torch.testing.assert_close(logits(lora.from_peft(tiny_gpt2(), tmp_path).eval()), logits(ours))
+
+
+def test_our_safetensors_files_read_with_the_safetensors_package_and_back(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(6, dtype=torch.float64), "c": torch.randn(2).bfloat16()}
+    save_safetensors(tensors, tmp_path / "ours.safetensors")
+    read = safetensors.load_file(tmp_path / "ours.safetensors")
+    safetensors.save_file(tensors, tmp_path / "theirs.safetensors")
+    for key, value in tensors.items():
+        assert torch.equal(read[key], value) and read[key].dtype == value.dtype
+        assert torch.equal(load_safetensors(tmp_path / "theirs.safetensors")[key], value)
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
+    with pytest.raises(ValueError, match="bad.safetensors is not a readable safetensors file"):
+        load_safetensors(tmp_path / "bad.safetensors")
+
+
+def test_what_peft_cannot_express_is_refused(tmp_path):
+    conv = lora.add_lora(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), ["0"], r=2)
+    with pytest.raises(ValueError, match="no exact PEFT form"):
+        lora.to_peft(conv, tmp_path)
+    theirs = peft.get_peft_model(tiny_gpt2(), peft.LoraConfig(r=2, target_modules=["c_attn"], use_dora=True))
+    theirs.save_pretrained(tmp_path / "dora")
+    base = tiny_gpt2()
+    before = copy.deepcopy(base.state_dict())
+    with pytest.raises(ValueError, match="use_dora"):
+        lora.from_peft(base, tmp_path / "dora")
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
+def test_an_adapter_that_carries_a_changed_base_tensor_is_refused_and_changes_nothing(tmp_path):
+    ours = ours_with_lora()
+    lora.to_peft(ours, tmp_path)
+    tensors = load_safetensors(tmp_path / WEIGHTS_FILE)
+    tensors[PREFIX + "transformer.h.0.mlp.c_fc.weight"] = torch.zeros(16, 64)  # would overwrite a frozen weight
+    save_safetensors(tensors, tmp_path / WEIGHTS_FILE)
+    base = tiny_gpt2()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    with pytest.raises(ValueError, match="not a LoRA factor"):
+        lora.from_peft(base, tmp_path)
+    assert not lora.lora_layers(base)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
