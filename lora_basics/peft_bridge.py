@@ -67,7 +67,11 @@ def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path) -> None
             raise TypeError(f"tensor {name!r} has dtype {tensor.dtype}; safetensors here takes {list(_DTYPES)}")
         size = tensor.numel() * tensor.element_size()
         chunks.append(ctypes.string_at(tensor.data_ptr(), size) if size else b"")  # the raw bytes (little-endian CPU)
-        header[name] = {"dtype": _DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": _DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)  # pad the header so the data starts 8-byte aligned, as the format advises
@@ -214,7 +218,9 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
         module = model.get_submodule(name)
         kind = ("lora_embedding_A", "lora_embedding_B") if isinstance(module, nn.Embedding) else None
         keys = kind or ("lora_A.weight", "lora_B.weight")
-        expected.update({f"{PREFIX}{name}.{key}": (name, attr) for key, attr in zip(keys, ("lora_A", "lora_B"))})
+        expected.update(
+            {f"{PREFIX}{name}.{key}": (name, attr) for key, attr in zip(keys, ("lora_A", "lora_B"), strict=True)}
+        )
     # Base tensors saved along (PEFT saves embedding layers it targets): accepted only if they equal ours.
     for key in sorted(set(tensors) - set(expected)):
         base_key = key.removeprefix(PREFIX).replace(".base_layer.", ".")
@@ -243,4 +249,3 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
         raise
     mark_only_lora_as_trainable(model)
     return model
-

@@ -73,7 +73,9 @@ def test_from_peft_reads_a_peft_adapter_and_gives_the_same_logits(tmp_path):
     theirs.eval()
     theirs.save_pretrained(tmp_path)
     ours = lora.from_peft(tiny_gpt2(), tmp_path).eval()
-    assert isinstance(ours.transformer.h[0].attn.c_attn, lora.Linear) and ours.transformer.h[0].attn.c_attn.fan_in_fan_out
+    assert (
+        isinstance(ours.transformer.h[0].attn.c_attn, lora.Linear) and ours.transformer.h[0].attn.c_attn.fan_in_fan_out
+    )
     assert isinstance(ours.transformer.wte, lora.Embedding) and ours.transformer.wte.r == 2
     torch.testing.assert_close(logits(ours), logits(theirs), rtol=0, atol=1e-5)
     # and back again: ours -> PEFT -> the same logits
