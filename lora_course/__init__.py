@@ -8,6 +8,8 @@ package holds the course around it:
     gpt.py         the tiny GPT-2-style model that lesson 09 adapts (and load_pretrained)
     tasks.py       its procedural corpus and downstream tasks
     pretrain.py    python -m lora_course.pretrain: rebuilds data/tiny_gpt.pt (make data)
+    hf.py          the tiny GPT as a Hugging Face GPT2LMHeadModel (lesson 12)
+    memory.py      GPU memory of full fine-tuning, LoRA and QLoRA, per parameter (lessons 11, 14)
     checkers/      the exercise checkers, one module per lesson
     exercises.py   python -m lora_course.exercises: student copies from the instructor notebooks
     grader.py      python -m lora_course.grader: grades a class's notebooks (make grade)
