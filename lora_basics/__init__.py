@@ -21,6 +21,8 @@ One concept per module:
     adapter_file.py   save_adapter, load_adapter: LoRA tensors only, checked on load
     export.py         merge_and_export: a plain torch model, updates merged
     peft_bridge.py    to_peft, from_peft: the same adapter as a Hugging Face PEFT adapter, both ways
+    lora_plus.py      LoRA+: B at a larger learning rate than A (optimizer parameter groups)
+    pissa.py          PiSSA: B A starts at the top-r singular part of W0, the residual stays frozen
     nf4.py            4-bit NormalFloat (QLoRA's base-weight format), bit for bit like bitsandbytes
     validation.py     argument checks with clear errors
 
@@ -41,8 +43,10 @@ from .inject import add_lora, lora_layers, parameter_counts, trainable_summary
 from .linear import Linear
 from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
+from .lora_plus import lora_plus_param_groups
 from .merged_linear import MergedLinear
 from .peft_bridge import from_peft, to_peft
+from .pissa import init_pissa
 from .utils import lora_parameter_names, lora_state_dict, mark_only_lora_as_trainable
 
 #: The one place the version is written (pyproject.toml reads it from here).
@@ -57,6 +61,8 @@ __all__ = [
     "parameter_counts",
     "save_adapter",
     "to_peft",
+    "init_pissa",
+    "lora_plus_param_groups",
     "from_peft",
     "trainable_summary",
     "Conv1d",

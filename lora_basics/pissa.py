@@ -1,0 +1,45 @@
+"""PiSSA (Meng et al., 2024): start ``B A`` at the top-``r`` singular part of the pretrained weight.
+
+Vanilla LoRA starts with ``B A = 0`` and learns the change. PiSSA splits the pretrained weight instead:
+
+    W0 = U S V^T,     B = U_r sqrt(S_r / s),     A = sqrt(S_r / s) V_r^T,     W_res = W0 - s B A
+
+(``s = lora_alpha / r``, the layer's scaling; ``U_r, S_r, V_r`` the top ``r`` singular vectors and
+values). The frozen weight becomes the residual ``W_res`` and the trainable factors hold the principal
+part, so at initialisation the layer computes exactly ``W0`` (up to rounding) while training moves the
+directions that matter most first. This is PEFT's ``init_lora_weights="pissa"``, and the tests compare
+the factors, the residual and the outputs with PEFT's.
+
+What it means for saving: the *frozen* weight changed. An adapter file (the factors alone) restores
+the fine-tuned model only on top of the residual, not on top of the original base: save the residual
+with it (or the merged model). PEFT converts a PiSSA adapter into a plain LoRA adapter for that reason.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .embedding import Embedding
+from .linear import Linear
+from .merged_linear import MergedLinear
+
+
+@torch.no_grad()
+def init_pissa(layer: Linear) -> Linear:
+    """Re-initialise ``layer`` (a :class:`Linear` with ``r > 0``, unmerged) with PiSSA, in place; returns it."""
+    if not isinstance(layer, Linear) or isinstance(layer, MergedLinear) or isinstance(layer, Embedding):
+        raise TypeError(f"PiSSA here initialises lora_basics.Linear layers, got {type(layer).__name__}")
+    if not layer.has_lora:
+        raise ValueError("PiSSA needs a layer with r > 0")
+    if layer.merged:
+        raise ValueError("PiSSA needs an unmerged layer: call layer.train() first")
+    weight = layer.weight_out_in().float()  # (out, in), whatever the storage layout
+    U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
+    root = (S[: layer.r] / layer.scaling).sqrt()  # (r,): s * B A then equals U_r S_r V_r^T
+    B = U[:, : layer.r] * root  # (out, r)
+    A = root[:, None] * Vh[: layer.r]  # (r, in)
+    residual = weight - layer.scaling * B @ A  # (out, in)
+    layer.lora_A.copy_(A)
+    layer.lora_B.copy_(B)
+    layer.weight.copy_(residual.t() if layer.fan_in_fan_out else residual)
+    return layer
