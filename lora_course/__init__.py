@@ -10,6 +10,7 @@ package holds the course around it:
     pretrain.py    python -m lora_course.pretrain: rebuilds data/tiny_gpt.pt (make data)
     hf.py          the tiny GPT as a Hugging Face GPT2LMHeadModel (lesson 12)
     memory.py      GPU memory of full fine-tuning, LoRA and QLoRA, per parameter (lessons 11, 14)
+    distributed.py torchrun -m lora_course.distributed: LoRA under DDP, checked against one process (lesson 14)
     checkers/      the exercise checkers, one module per lesson
     exercises.py   python -m lora_course.exercises: student copies from the instructor notebooks
     grader.py      python -m lora_course.grader: grades a class's notebooks (make grade)
