@@ -111,17 +111,21 @@ def _tolerance(dtype_name: str | None) -> float:
     return max(1e-4, 2 * eps)
 
 
-def _base_differences(payload: dict, model: nn.Module) -> tuple[list[str], list[str]]:
-    """``(dtype changes, value changes)`` between the adapter's base and ``model``'s pretrained tensors."""
+def _base_differences(payload: dict, model: nn.Module) -> tuple[dict[tuple[str, str], list[str]], list[str]]:
+    """``(dtype changes, value changes)`` between the adapter's base and ``model``'s pretrained tensors.
+
+    Dtype changes: ``{(dtype in the model, dtype in the adapter's base): [keys]}``.
+    """
     saved, current = payload["base_fingerprint"], base_fingerprint(model)
     saved_dtypes, current_dtypes = payload.get("base_dtypes", {}), base_dtypes(model)
-    dtypes, values = [], []
+    dtypes: dict[tuple[str, str], list[str]] = {}
+    values = []
     for key in sorted(set(saved) | set(current)):
         if key not in current or key not in saved:
             values.append(f"{key!r} is missing from {'the model' if key not in current else 'the adapter base'}")
             continue
         if key in saved_dtypes and saved_dtypes[key] != current_dtypes[key]:
-            dtypes.append(f"{key!r} is {current_dtypes[key]} in the model, {saved_dtypes[key]} in the adapter's base")
+            dtypes.setdefault((current_dtypes[key], saved_dtypes[key]), []).append(key)
             continue
         (n_a, rms_a, proj_a), (n_b, rms_b, proj_b) = saved[key], current[key]
         rtol = _tolerance(saved_dtypes.get(key))
@@ -143,8 +147,12 @@ def _listed(problems: list[str], most: int = 4) -> str:
 def _check_base(payload: dict, model: nn.Module) -> None:
     dtypes, values = _base_differences(payload, model)
     if dtypes:
+        changes = [
+            f"{len(keys)} tensor(s) are {mine} in the model, {theirs} in the adapter's base (e.g. {keys[0]!r})"
+            for (mine, theirs), keys in sorted(dtypes.items())
+        ]
         raise ValueError(
-            f"the base model has another dtype than the adapter's base ({_listed(dtypes)}): cast the model to "
+            f"the base model has another dtype than the adapter's base: {_listed(changes)}. Cast the model to "
             "the adapter's dtype first (model.to(dtype)), or pass check_base=False to load it anyway"
         )
     if values:
