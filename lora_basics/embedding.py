@@ -10,6 +10,17 @@ from .lora_layer import LoRALayer, copy_pretrained
 from .validation import refuse_fan_in_fan_out
 
 
+def lookup_options(module: nn.Embedding) -> dict:
+    """An embedding's lookup options: everything ``nn.Embedding`` takes besides its sizes and table."""
+    return {
+        "padding_idx": module.padding_idx,
+        "max_norm": module.max_norm,  # refused by Embedding with r > 0 (see below): never silently dropped
+        "norm_type": module.norm_type,
+        "scale_grad_by_freq": module.scale_grad_by_freq,
+        "sparse": module.sparse,
+    }
+
+
 class Embedding(LoRALayer, nn.Embedding):
     """``nn.Embedding`` plus a trainable low-rank update of the table (loralib-compatible).
 
@@ -75,11 +86,7 @@ class Embedding(LoRALayer, nn.Embedding):
         layer = cls(
             module.num_embeddings,
             module.embedding_dim,
-            padding_idx=module.padding_idx,
-            max_norm=module.max_norm,  # refused with r > 0 (see the class): never silently dropped
-            norm_type=module.norm_type,
-            scale_grad_by_freq=module.scale_grad_by_freq,
-            sparse=module.sparse,
+            **lookup_options(module),
             device=module.weight.device,
             dtype=module.weight.dtype,
             **lora_kwargs,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .conv import ConvLoRA
-from .embedding import Embedding
+from .embedding import Embedding, lookup_options
 from .inject import BASE_SHELL, lora_layers, replace_module
 from .linear import Linear
 from .lora_layer import LoRALayer
@@ -44,15 +44,7 @@ def _plain_layer(layer: nn.Module) -> nn.Module:
     elif isinstance(layer, LoRALinear) or (isinstance(layer, Linear) and not layer.fan_in_fan_out):
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, Embedding):
-        plain = nn.Embedding(
-            layer.num_embeddings,
-            layer.embedding_dim,
-            padding_idx=layer.padding_idx,
-            max_norm=layer.max_norm,
-            norm_type=layer.norm_type,
-            scale_grad_by_freq=layer.scale_grad_by_freq,
-            sparse=layer.sparse,
-        )
+        plain = nn.Embedding(layer.num_embeddings, layer.embedding_dim, **lookup_options(layer))
     else:
         raise TypeError(f"cannot export a {type(layer).__name__} that add_lora did not create")
     plain = plain.to(device=weight.device, dtype=weight.dtype)
