@@ -88,6 +88,17 @@ def test_an_adapter_missing_a_tensor_leaves_the_model_as_it_was(tmp_path):
     assert_same_state(fresh, before)
 
 
+def test_an_adapter_whose_settings_do_not_fit_leaves_the_model_as_it_was(tmp_path):
+    path = edited_adapter(tmp_path, lambda payload: payload["layers"]["h.1.attn.c_attn"].update(type="Embedding"))
+    fresh = base_model()
+    before = state_of(fresh)
+    with pytest.raises(
+        ValueError, match="h.1.attn.c_attn: type is Embedding in the adapter, MergedLinear in the model"
+    ):
+        load_adapter(fresh, path)  # found after both layers were injected: both are taken out again
+    assert_same_state(fresh, before)
+
+
 @pytest.mark.parametrize("problem", ["wrong shape", "NaN"])
 def test_a_failed_switch_leaves_the_served_adapter_in_place(tmp_path, problem):
     def spoil_last_tensor(payload):
