@@ -10,6 +10,17 @@ from .lora_layer import LoRALayer, copy_pretrained
 from .validation import refuse_fan_in_fan_out
 
 
+def lookup_options(module: nn.Embedding) -> dict:
+    """An embedding's lookup options: everything ``nn.Embedding`` takes besides its sizes and table."""
+    return {
+        "padding_idx": module.padding_idx,
+        "max_norm": module.max_norm,  # refused by Embedding with r > 0 (see below): never silently dropped
+        "norm_type": module.norm_type,
+        "scale_grad_by_freq": module.scale_grad_by_freq,
+        "sparse": module.sparse,
+    }
+
+
 class Embedding(LoRALayer, nn.Embedding):
     """``nn.Embedding`` plus a trainable low-rank update of the table (loralib-compatible).
 
@@ -52,7 +63,10 @@ class Embedding(LoRALayer, nn.Embedding):
         LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=0.0, merge_weights=merge_weights)
         if self.r > 0:
             if self.max_norm is not None:
-                raise ValueError(f"max_norm={self.max_norm} is not supported with r > 0; use max_norm=None")
+                raise ValueError(
+                    f"max_norm={self.max_norm} is not supported with r > 0: torch renormalises the looked-up "
+                    "rows of the table in place, which the separate LoRA update cannot follow; use max_norm=None"
+                )
             self.lora_A = nn.Parameter(self.weight.new_zeros((self.r, num_embeddings)))
             self.lora_B = nn.Parameter(self.weight.new_zeros((embedding_dim, self.r)))
             self.weight.requires_grad = False
@@ -66,15 +80,13 @@ class Embedding(LoRALayer, nn.Embedding):
 
     @classmethod
     def from_module(cls, module: nn.Embedding, **lora_kwargs) -> Embedding:
-        """Wrap a pretrained ``nn.Embedding``, keeping its table and ``padding_idx``."""
+        """Wrap a pretrained ``nn.Embedding``, keeping its table and every lookup option."""
         if not isinstance(module, nn.Embedding):
             raise TypeError(f"module must be an nn.Embedding, got {type(module).__name__}")
         layer = cls(
             module.num_embeddings,
             module.embedding_dim,
-            padding_idx=module.padding_idx,
-            scale_grad_by_freq=module.scale_grad_by_freq,
-            sparse=module.sparse,
+            **lookup_options(module),
             device=module.weight.device,
             dtype=module.weight.dtype,
             **lora_kwargs,
@@ -82,10 +94,14 @@ class Embedding(LoRALayer, nn.Embedding):
         copy_pretrained(layer, module)
         return layer
 
-    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``scaling * (B @ A)^T``: ``(num_embeddings, embedding_dim)``, the layout of ``weight``."""
+    def delta_weight(self, dtype: torch.dtype | None = None, factors=None) -> torch.Tensor:
+        """``scaling * (B @ A)^T``: ``(num_embeddings, embedding_dim)``, the layout of ``weight``.
+
+        ``factors``: the ``(lora_A, lora_B)`` to build it from; the layer's own by default.
+        """
+        A, B = factors or (self.lora_A, self.lora_B)
         dtype = dtype or self.weight.dtype
-        return (self.lora_B.to(dtype) @ self.lora_A.to(dtype)).t() * self.scaling
+        return (B.to(dtype) @ A.to(dtype)).t() * self.scaling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``W0[x] + scaling * (B @ A[:, x])^T``: the frozen row of each token plus its low-rank correction."""
@@ -94,11 +110,12 @@ class Embedding(LoRALayer, nn.Embedding):
             return result
         # Token t's column of A, looked up like a row of the table A^T: (..., r). The lookup options
         # are the frozen table's own, so the update sees the same tokens; max_norm is None (refused).
+        # ``sparse`` is not passed on: it only shapes the gradient of the frozen table, and a sparse
+        # gradient of the transposed view A^T cannot flow back into lora_A (torch fails on backward).
         after_A = F.embedding(
             x,
             self.lora_A.t(),  # (num_embeddings, r)
             padding_idx=self.padding_idx,
             scale_grad_by_freq=self.scale_grad_by_freq,
-            sparse=self.sparse,
         )
         return result + self.scaling * F.linear(after_A, self.lora_B)  # B maps r -> embedding_dim

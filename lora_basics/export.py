@@ -7,33 +7,51 @@ import copy
 import torch
 from torch import nn
 
-from .embedding import Embedding
+from .conv import ConvLoRA
+from .embedding import Embedding, lookup_options
 from .inject import BASE_SHELL, lora_layers, replace_module
 from .linear import Linear
 from .lora_layer import LoRALayer
+from .lora_linear import LoRALinear
+from .merge import add_update, current_factors, merge_dtype
 
 
-def _plain_layer(layer: LoRALayer) -> nn.Module:
+@torch.no_grad()
+def merged_weight(layer: nn.Module) -> torch.Tensor:
+    """``W0 + ΔW`` as ``layer`` computes it in eval mode, as a new tensor (``layer`` is not changed).
+
+    A merged layer already holds it; otherwise it is computed in fp32 and rounded once, as merging does.
+    """
+    if isinstance(layer, LoRALinear):  # the textbook layer never merges: W + scaling * B A
+        weight, dtype = layer.weight.detach(), merge_dtype(layer.weight)
+        delta = layer.scaling * (layer.B.weight.to(dtype) @ layer.A.weight.to(dtype))
+        return (weight.to(dtype) + delta).to(weight.dtype)
+    weight = layer.frozen_weight.detach()
+    if layer.merged or not layer.has_lora:
+        return weight.clone()
+    return add_update(layer, weight, current_factors(layer))
+
+
+def _plain_layer(layer: nn.Module) -> nn.Module:
     """A plain torch module computing what ``layer`` computes, with the update merged into its weight."""
-    was_merged = layer.merged
-    layer.merge()
-    weight = layer.weight.detach().clone()
-    if not was_merged:
-        layer.unmerge()
+    weight = merged_weight(layer)
+    owner = layer.conv if isinstance(layer, ConvLoRA) else layer  # the module holding weight and bias
     shell = getattr(layer, BASE_SHELL, None)
     if shell is not None:
         plain = copy.deepcopy(shell).to_empty(device=weight.device)
-    elif isinstance(layer, Linear) and not layer.fan_in_fan_out:
+    elif isinstance(layer, ConvLoRA):
+        plain = copy.deepcopy(layer.conv)
+    elif isinstance(layer, LoRALinear) or (isinstance(layer, Linear) and not layer.fan_in_fan_out):
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, Embedding):
-        plain = nn.Embedding(layer.num_embeddings, layer.embedding_dim, padding_idx=layer.padding_idx)
+        plain = nn.Embedding(layer.num_embeddings, layer.embedding_dim, **lookup_options(layer))
     else:
         raise TypeError(f"cannot export a {type(layer).__name__} that add_lora did not create")
     plain = plain.to(device=weight.device, dtype=weight.dtype)
     with torch.no_grad():
         plain.weight.copy_(weight)
-        if getattr(layer, "bias", None) is not None:
-            plain.bias.copy_(layer.bias)
+        if getattr(owner, "bias", None) is not None:
+            plain.bias.copy_(owner.bias)
     return plain.train(layer.training)
 
 
@@ -43,6 +61,7 @@ def merge_and_export(model: nn.Module) -> nn.Module:
 
     The copy needs no part of ``lora_basics`` (its layers are the base model's own classes), runs
     at the speed of the base model, and has every parameter trainable, like any freshly built model.
+    The textbook :class:`~lora_basics.LoRALinear` becomes an ``nn.Linear`` too.
     """
     exported = copy.deepcopy(model)
     for name, layer in lora_layers(exported).items():

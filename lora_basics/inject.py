@@ -15,6 +15,12 @@ GPT-2 ``Conv1D`` (weight ``(in, out)``)  the same, with ``fan_in_fan_out=True``
 ``nn.Conv1d`` / ``2d`` / ``3d``        :class:`Conv1d` / :class:`Conv2d` / :class:`Conv3d`
 =====================================  =============================================================
 
+``add_lora`` never silently changes what the model computes: a module that the LoRA layer could not
+reproduce exactly is refused up front, with its name and the reason (a subclass with its own
+``forward``, forward hooks such as pruning, a parametrized weight, an embedding with ``max_norm``,
+``nn.MultiheadAttention``'s ``out_proj``, whose ``forward`` the attention never calls). Every new layer
+is built before the first one is put in, so a refused target leaves the model unchanged.
+
 Defaults. ``add_lora`` uses ``r=8, lora_alpha=16`` (scale 2, a common fine-tuning recipe) because
 it is the model-level entry point; the layers themselves keep loralib's ``r=0, lora_alpha=1`` so
 that code written for loralib computes the same thing. Saving, loading and exporting adapters are
@@ -27,13 +33,17 @@ import copy
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
+from .config import LoRAConfig
 from .conv import Conv1d, Conv2d, Conv3d
 from .embedding import Embedding
 from .linear import Linear
 from .lora_layer import LoRALayer
+from .lora_linear import LoRALinear
 from .merged_linear import MergedLinear
-from .utils import lora_parameter_names, mark_only_lora_as_trainable
+from .utils import check_bias_mode, lora_parameter_names, mark_only_lora_as_trainable
+from .validation import validate_rank
 
 _CONVS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
 #: Attribute of a LoRA layer made by add_lora: the module it replaced, on the meta device.
@@ -52,16 +62,58 @@ def _matches(name: str, pattern: str) -> bool:
     return name == pattern or name.endswith("." + pattern)
 
 
-def _wrap(module: nn.Module, name: str, enable_lora: list[bool] | None, **lora_kwargs) -> LoRALayer:
-    """The LoRA layer replacing the pretrained ``module`` (named ``name``), with its weights.
+def _why_unsupported(model: nn.Module, name: str, module: nn.Module) -> str | None:
+    """Why replacing ``module`` by a LoRA layer would change what the model computes (None if it would not)."""
+    if isinstance(module, (LoRALayer, LoRALinear)):
+        return f"it is already a LoRA layer ({type(module).__name__}); call add_lora once"
+    parent_name = name.rpartition(".")[0]
+    if isinstance(model.get_submodule(parent_name), nn.MultiheadAttention):
+        return (
+            "nn.MultiheadAttention reads its out_proj.weight directly and never calls out_proj's forward, "
+            "so the LoRA update would never run in training (but would be merged in eval mode)"
+        )
+    if parametrize.is_parametrized(module):
+        return "its weight is parametrized (torch.nn.utils.parametrize); the LoRA layer would drop the parametrization"
+    hooks = [
+        kind
+        for kind in ("_forward_pre_hooks", "_forward_hooks", "_backward_hooks", "_backward_pre_hooks")
+        if getattr(module, kind, None)
+    ]
+    if hooks:
+        return (
+            f"it has hooks ({', '.join(h.strip('_') for h in hooks)}: pruning, weight_norm or your own) that the "
+            "LoRA layer would not run"
+        )
+    if not isinstance(module._parameters.get("weight"), nn.Parameter):
+        return "its weight is not a registered nn.Parameter (pruned or computed), so there is no frozen weight to keep"
+    for torch_class in (nn.Linear, nn.Embedding):
+        if isinstance(module, torch_class) and type(module).forward is not torch_class.forward:
+            return (
+                f"{type(module).__name__} subclasses nn.{torch_class.__name__} with its own forward, which the "
+                "LoRA layer would replace"
+            )
+    if isinstance(module, nn.Embedding) and module.max_norm is not None:
+        return (
+            f"it is an nn.Embedding with max_norm={module.max_norm}: torch renormalises the looked-up rows in "
+            "place, which the separate LoRA update cannot follow"
+        )
+    return None
+
+
+def _wrap(module: nn.Module, enable_lora: list[bool] | None, layer_type: str | None, **lora_kwargs) -> nn.Module:
+    """The LoRA layer replacing the pretrained ``module``, with its weights.
 
     ``lora_kwargs``: ``r``, ``lora_alpha``, ``lora_dropout``, ``merge_weights``, as every layer takes them.
+    ``layer_type="LoRALinear"`` builds the textbook layer (what an adapter saved from one asks for).
     """
-    if isinstance(module, LoRALayer):
-        raise ValueError(f"module {name!r} is already a LoRA layer ({type(module).__name__}); call add_lora once")
+    if layer_type == "LoRALinear":
+        config = LoRAConfig(
+            lora_r=lora_kwargs["r"], lora_dropout=lora_kwargs["lora_dropout"], lora_alpha=lora_kwargs["lora_alpha"]
+        )
+        return LoRALinear.from_linear(module, config)
     if isinstance(module, nn.Embedding):
         if enable_lora is not None:
-            raise ValueError(f"enable_lora is for fused linear layers, but {name!r} is an nn.Embedding")
+            raise ValueError("enable_lora is for fused linear layers, not an nn.Embedding")
         # An embedding's LoRA path has no dropout (its input is a token id), as in loralib.
         lora_kwargs.pop("lora_dropout", None)
         return Embedding.from_module(module, **lora_kwargs)
@@ -72,12 +124,34 @@ def _wrap(module: nn.Module, name: str, enable_lora: list[bool] | None, **lora_k
         return MergedLinear.from_module(module, fan_in_fan_out=fan_in_fan_out, enable_lora=enable_lora, **lora_kwargs)
     if type(module) in _CONVS:
         if enable_lora is not None:
-            raise ValueError(f"enable_lora is for fused linear layers, but {name!r} is an {type(module).__name__}")
+            raise ValueError(f"enable_lora is for fused linear layers, not an {type(module).__name__}")
         return _CONVS[type(module)].from_module(module, **lora_kwargs)
-    raise TypeError(
-        f"module {name!r} is a {type(module).__name__}; add_lora supports nn.Linear, GPT-2's Conv1D, "
-        "nn.Embedding and nn.Conv1d/2d/3d"
-    )
+    raise TypeError("add_lora supports nn.Linear, GPT-2's Conv1D, nn.Embedding and nn.Conv1d/2d/3d")
+
+
+def build_lora_layer(
+    model: nn.Module, name: str, enable_lora: list[bool] | None = None, layer_type: str | None = None, **lora_kwargs
+) -> nn.Module:
+    """The LoRA layer that would replace the module ``name`` of ``model`` (``model`` is not changed).
+
+    Raises ``TypeError``/``ValueError`` naming the module when it cannot be adapted exactly.
+    """
+    module = model.get_submodule(name)
+    why = _why_unsupported(model, name, module)
+    error: type[Exception] = ValueError
+    if why is None:
+        try:
+            layer = _wrap(module, enable_lora, layer_type, **lora_kwargs)
+        except (TypeError, ValueError) as problem:
+            why, error = str(problem), type(problem)
+    if why is not None:
+        raise error(f"cannot add LoRA to module {name!r} ({type(module).__name__}): {why}")
+    layer.train(module.training)  # an eval-mode model stays in eval mode (merged)
+    # Remember what was replaced, as a storage-free copy on the meta device: merge_and_export
+    # rebuilds the original module type from it. Set with object.__setattr__ so it is *not*
+    # registered as a submodule (it must not show up in named_modules() or state_dict()).
+    object.__setattr__(layer, BASE_SHELL, copy.deepcopy(module).to("meta"))
+    return layer
 
 
 def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
@@ -86,21 +160,35 @@ def replace_module(model: nn.Module, name: str, layer: nn.Module) -> None:
     setattr(model.get_submodule(parent_name) if parent_name else model, child, layer)
 
 
-def inject(model: nn.Module, name: str, enable_lora: list[bool] | None = None, **lora_kwargs) -> None:
-    """Replace the module ``name`` of ``model`` by its LoRA layer (see :func:`add_lora`)."""
-    module = model.get_submodule(name)
-    layer = _wrap(module, name, enable_lora, **lora_kwargs)
-    layer.train(module.training)  # an eval-mode model stays in eval mode (merged)
-    # Remember what was replaced, as a storage-free copy on the meta device: merge_and_export
-    # rebuilds the original module type from it. Set with object.__setattr__ so it is *not*
-    # registered as a submodule (it must not show up in named_modules() or state_dict()).
-    object.__setattr__(layer, BASE_SHELL, copy.deepcopy(module).to("meta"))
-    replace_module(model, name, layer)
+def lora_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """``{name: layer}`` of every LoRA layer in ``model`` that carries an update (``r > 0``).
+
+    The loralib-style layers (:class:`LoRALayer`) and the textbook :class:`LoRALinear`.
+    """
+    return {
+        name: m
+        for name, m in model.named_modules()
+        if (isinstance(m, LoRALayer) and m.has_lora) or isinstance(m, LoRALinear)
+    }
 
 
-def lora_layers(model: nn.Module) -> dict[str, LoRALayer]:
-    """``{name: layer}`` of every LoRA layer in ``model`` that carries an update (``r > 0``)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoRALayer) and m.has_lora}
+def _target_names(model: nn.Module, target_modules: object) -> list[str]:
+    """``target_modules`` checked: a non-empty list (or tuple) of strings."""
+    if isinstance(target_modules, str):
+        raise TypeError(f"target_modules must be a list of names, got the string {target_modules!r}")
+    if not isinstance(target_modules, (list, tuple)):
+        raise TypeError(
+            f"target_modules must be a list of names such as ['c_attn'], got a {type(target_modules).__name__}"
+        )
+    if not target_modules:
+        raise ValueError(
+            "target_modules is empty: name at least one module (e.g. ['c_attn']); otherwise add_lora "
+            "would adapt nothing and only freeze the whole model"
+        )
+    wrong = [t for t in target_modules if not isinstance(t, str)]
+    if wrong:
+        raise TypeError(f"target_modules must hold module names (strings), got {wrong!r}")
+    return list(target_modules)
 
 
 def add_lora(
@@ -121,25 +209,27 @@ def add_lora(
             ``...c_attn`` and ``...c_proj``), ``["attn.c_proj"]``, ``["wte"]``. Each must match
             at least one module.
         r, lora_alpha, lora_dropout, merge_weights: the settings of every new layer (``lora_dropout``
-            does not apply to embeddings).
+            does not apply to embeddings); ``r >= 1``.
         enable_lora: for fused projections: ``{target: flags}``, e.g. ``{"c_attn": [True, False, True]}``
             puts LoRA on Q and V of GPT-2's fused ``c_attn`` (a :class:`MergedLinear`).
         bias: which biases stay trainable, as in :func:`mark_only_lora_as_trainable`.
 
-    Afterwards only the LoRA parameters (and ``bias`` biases) are trainable.
+    Afterwards only the LoRA parameters (and ``bias`` biases) are trainable. All or nothing: if any
+    target cannot be adapted, the error names it and the model is left exactly as it was.
     """
-    if isinstance(target_modules, str):
-        raise TypeError(f"target_modules must be a list of names, got the string {target_modules!r}")
+    targets = _target_names(model, target_modules)
+    validate_rank(r, allow_zero=False)  # r = 0 would add nothing and freeze everything
+    check_bias_mode(bias)
     enable_lora = dict(enable_lora or {})
-    unknown = sorted(set(enable_lora) - set(target_modules))
+    unknown = sorted(set(enable_lora) - set(targets))
     if unknown:
-        raise ValueError(f"enable_lora has keys {unknown} that are not in target_modules={list(target_modules)}")
+        raise ValueError(f"enable_lora has keys {unknown} that are not in target_modules={targets}")
     existing = sorted(lora_layers(model))
     if existing:
         raise ValueError(f"model already has LoRA layers ({existing[:3]}...); add_lora once per base model")
     names = [name for name, _ in model.named_modules() if name]
     chosen: dict[str, list[bool] | None] = {}
-    for pattern in target_modules:
+    for pattern in targets:
         matched = [name for name in names if _matches(name, pattern)]
         if not matched:
             leaves = [name for name, m in model.named_modules() if name and not list(m.children())]
@@ -147,16 +237,11 @@ def add_lora(
         for name in matched:
             if chosen.get(name) is None:
                 chosen[name] = enable_lora.get(pattern)
-    for name, flags in chosen.items():
-        inject(
-            model,
-            name,
-            r=r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            merge_weights=merge_weights,
-            enable_lora=flags,
-        )
+    settings = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
+    # Build every layer first: a target that fails leaves the model untouched.
+    layers = {name: build_lora_layer(model, name, enable_lora=flags, **settings) for name, flags in chosen.items()}
+    for name, layer in layers.items():
+        replace_module(model, name, layer)
     mark_only_lora_as_trainable(model, bias=bias)
     return model
 

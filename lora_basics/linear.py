@@ -56,7 +56,7 @@ class Linear(LoRALayer, nn.Linear):
             self.lora_B = nn.Parameter(self.weight.new_zeros((out_features, self.r)))
             self.weight.requires_grad = False  # the pretrained weight is frozen
         self.reset_parameters()
-        if fan_in_fan_out:
+        if self.fan_in_fan_out:
             self.weight = nn.Parameter(self.weight.detach().t().contiguous(), requires_grad=self.weight.requires_grad)
 
     def reset_parameters(self) -> None:
@@ -92,17 +92,21 @@ class Linear(LoRALayer, nn.Linear):
         copy_pretrained(layer, module)
         return layer
 
-    def full_lora_B(self) -> torch.Tensor:
-        """``lora_B`` laid out over all output features: ``(out_features, rank of lora_A)``.
+    def full_lora_B(self, lora_B: torch.Tensor | None = None) -> torch.Tensor:
+        """``lora_B`` (the layer's, or the one given) laid out over all output features: ``(out_features, rank of lora_A)``.
 
         For ``Linear`` this is ``lora_B`` itself; ``MergedLinear`` overrides it.
         """
-        return self.lora_B
+        return self.lora_B if lora_B is None else lora_B
 
-    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """``scaling * B @ A`` in the layout of ``weight`` (transposed if ``fan_in_fan_out``)."""
+    def delta_weight(self, dtype: torch.dtype | None = None, factors=None) -> torch.Tensor:
+        """``scaling * B @ A`` in the layout of ``weight`` (transposed if ``fan_in_fan_out``).
+
+        ``factors``: the ``(lora_A, lora_B)`` to build it from; the layer's own by default.
+        """
+        A, B = factors or (self.lora_A, self.lora_B)
         dtype = dtype or self.weight.dtype
-        delta = (self.full_lora_B().to(dtype) @ self.lora_A.to(dtype)) * self.scaling  # (out, in)
+        delta = (self.full_lora_B(B).to(dtype) @ A.to(dtype)) * self.scaling  # (out, in)
         return delta.t() if self.fan_in_fan_out else delta
 
     def forward_formula(self, x: torch.Tensor) -> torch.Tensor:

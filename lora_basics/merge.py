@@ -3,12 +3,21 @@
 A LoRA layer computes ``x W0^T + scaling * x A^T B^T``: two extra small matmuls per call. For
 inference the update can be folded into the weight once,
 
-    merge:    W  <-  W0 + ΔW,        ΔW = scaling * B @ A   (reshaped to the layout of ``weight``)
-    unmerge:  W0 <-  W  - ΔW
+    merge:    W  <-  W0 + ΔW(A, B),      ΔW = scaling * B @ A   (reshaped to the layout of the weight)
+    unmerge:  W0 <-  W  - ΔW(A, B)       with the (A, B) that were merged
 
 after which the layer is exactly as fast as the plain torch layer. :class:`~lora_basics.LoRALayer`
 calls :func:`merge_layer` on ``eval()`` and :func:`unmerge_layer` on ``train()`` (when
-``merge_weights=True``); each layer only says how to build its ``ΔW`` (its ``delta_weight``).
+``merge_weights=True``); each layer only says how to build its ``ΔW`` from a pair of factors (its
+``delta_weight``) and where its frozen weight lives (``frozen_weight``).
+
+Training mistakes never destroy the frozen weight:
+
+- Merging records a copy of the factors it merged (``r * (in + out)`` numbers, small), and unmerging
+  subtracts exactly that update. ``optimizer.step()`` after ``eval()``, or ``lora_B.zero_()`` on a
+  merged layer, changes the factors but not what ``train()`` takes out, so ``W0`` comes back.
+- An update that is not finite (NaN or inf in a factor, or an fp16 sum that overflows) is refused
+  with a ``FloatingPointError`` before anything is written: the layer stays unmerged and usable.
 
 Precision. ``W0 + ΔW`` is rounded to the weight's dtype, so taking ``ΔW`` out again gives ``W0`` up to
 that one rounding (rows whose ``ΔW`` is exactly zero come back bit for bit). The arithmetic runs in
@@ -24,32 +33,79 @@ from __future__ import annotations
 
 import torch
 
+#: ``(lora_A, lora_B)``: the two factors an update is built from.
+Factors = tuple[torch.Tensor, torch.Tensor]
+
 
 def merge_dtype(weight: torch.Tensor) -> torch.dtype:
     """The dtype merging computes in: at least fp32, so a bf16/fp16 weight is rounded once, not per matmul."""
     return torch.promote_types(weight.dtype, torch.float32)
 
 
+def current_factors(layer) -> Factors:
+    """A copy of the layer's ``(lora_A, lora_B)`` as they are now (detached, so it never changes)."""
+    return layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+
+
+def factors_changed(layer) -> bool:
+    """True when a merged layer's factors are no longer those it merged (changed in place since ``eval()``)."""
+    A, B = layer.merged_factors
+    return not (
+        torch.equal(layer.lora_A.detach(), A.to(layer.lora_A))
+        and torch.equal(layer.lora_B.detach(), B.to(layer.lora_B))
+    )
+
+
+@torch.no_grad()
+def add_update(layer, weight: torch.Tensor, factors: Factors, sign: int = 1) -> torch.Tensor:
+    """``weight + sign * ΔW(factors)`` as a new tensor of ``weight``'s dtype (``weight`` is untouched).
+
+    Computed in fp32 (or wider) and rounded once. Raises ``FloatingPointError`` when the result is
+    not finite where ``weight`` was: the update holds NaN/inf, or the sum overflows the dtype.
+    """
+    A, B = (factor.to(weight.device) for factor in factors)
+    dtype = merge_dtype(weight)
+    result = (weight.detach().to(dtype) + sign * layer.delta_weight(dtype, factors=(A, B))).to(weight.dtype)
+    broken = ~torch.isfinite(result) & torch.isfinite(weight)
+    if broken.any():
+        raise FloatingPointError(
+            f"{type(layer).__name__}: the LoRA update is not finite ({int(broken.sum())} entries would become "
+            f"NaN/inf in the {weight.dtype} weight: NaN/inf in lora_A/lora_B, or an overflow); refusing to "
+            "write it into the frozen weight, which is left as it was. Check the factors (a diverged "
+            "training step?) or keep the layer unmerged (merge_weights=False)."
+        )
+    return result
+
+
 def weight_without_update(layer) -> torch.Tensor:
-    """``W - ΔW``: the layer's weight with its update taken out (a new tensor; ``weight`` is untouched)."""
-    dtype = merge_dtype(layer.weight)
-    return (layer.weight.detach().to(dtype) - layer.delta_weight(dtype).detach()).to(layer.weight.dtype)
+    """``W0``: the frozen weight without the merged update (a new tensor if merged; the weight itself if not)."""
+    weight = layer.frozen_weight
+    if not layer.merged:
+        return weight.detach()
+    return add_update(layer, weight, layer.merged_factors, sign=-1)
 
 
 @torch.no_grad()
 def merge_layer(layer) -> None:
-    """``W <- W0 + ΔW`` in place; sets ``layer.merged``. Merging a merged layer (or one without LoRA) does nothing."""
+    """``W <- W0 + ΔW`` in place and record the factors merged; sets ``layer.merged``.
+
+    Merging a merged layer (or one without LoRA) does nothing. A non-finite update raises
+    ``FloatingPointError`` and leaves the layer unmerged.
+    """
     if layer.merged or not layer.has_lora:
         return
-    dtype = merge_dtype(layer.weight)
-    layer.weight.copy_((layer.weight.to(dtype) + layer.delta_weight(dtype)).to(layer.weight.dtype))
+    factors = current_factors(layer)
+    weight = layer.frozen_weight
+    weight.copy_(add_update(layer, weight, factors))
+    layer.merged_factors = factors
     layer.merged = True
 
 
 @torch.no_grad()
 def unmerge_layer(layer) -> None:
-    """``W0 <- W - ΔW`` in place; clears ``layer.merged``. A no-op when the layer is not merged."""
+    """``W0 <- W - ΔW`` in place, with the factors that were merged; clears ``layer.merged``. A no-op when not merged."""
     if not layer.merged:
         return
-    layer.weight.copy_(weight_without_update(layer))
+    layer.frozen_weight.copy_(weight_without_update(layer))
+    layer.merged_factors = None
     layer.merged = False

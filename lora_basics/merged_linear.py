@@ -56,11 +56,12 @@ class MergedLinear(Linear):
             lora_ind[torch.tensor(flags)] = True
             self.register_buffer("lora_ind", lora_ind.view(-1), persistent=False)
         self.reset_parameters()
-        if fan_in_fan_out:
+        if self.fan_in_fan_out:
             self.weight = nn.Parameter(self.weight.detach().t().contiguous(), requires_grad=self.weight.requires_grad)
 
-    def full_lora_B(self) -> torch.Tensor:
-        """``B`` laid out over all output features: ``(out_features, r * k)``, zero outside the blocks.
+    def full_lora_B(self, lora_B: torch.Tensor | None = None) -> torch.Tensor:
+        """``B`` (``lora_B``, or the one given) laid out over all output features: ``(out_features, r * k)``,
+        zero outside the blocks.
 
         Block ``B_j`` (the ``j``-th enabled slice, ``(d, r)``) sits on the rows of that slice and in
         the columns ``j*r:(j+1)*r`` that multiply its ``A_j``. For ``enable_lora=[True, False, True]``::
@@ -72,10 +73,11 @@ class MergedLinear(Linear):
         ``full_lora_B() @ lora_A`` is then the whole ``(out, in)`` update (zero rows for the disabled
         slices), and the inherited forward ``x A^T full_lora_B()^T`` stays low-rank.
         """
+        lora_B = self.lora_B if lora_B is None else lora_B
         d = self.out_features // len(self.enable_lora)  # rows of one slice
-        B_blocks = self.lora_B.split(d, dim=0)  # B_1, ..., B_k, each (d, r)
+        B_blocks = lora_B.split(d, dim=0)  # B_1, ..., B_k, each (d, r)
         enabled_slices = [i for i, on in enumerate(self.enable_lora) if on]
-        full = self.lora_B.new_zeros((self.out_features, self.r * len(B_blocks)))
+        full = lora_B.new_zeros((self.out_features, self.r * len(B_blocks)))
         for j, (i, B_j) in enumerate(zip(enabled_slices, B_blocks, strict=True)):
             full[i * d : (i + 1) * d, j * self.r : (j + 1) * self.r] = B_j
         return full

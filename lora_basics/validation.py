@@ -3,6 +3,7 @@ the argument, the value and what is allowed (instead of a shape error deep insid
 
 from __future__ import annotations
 
+import math
 import numbers
 
 
@@ -23,6 +24,9 @@ def validate_alpha(lora_alpha: object, r: int) -> float:
         raise TypeError(f"lora_alpha must be a number, got {lora_alpha!r} ({type(lora_alpha).__name__})")
     if r > 0 and not lora_alpha > 0:
         raise ValueError(f"lora_alpha must be > 0 when r > 0, got lora_alpha={lora_alpha} with r={r}")
+    if r > 0 and not math.isfinite(lora_alpha):
+        # An infinite scale makes every update inf (or NaN where a factor is 0): nothing trains or merges.
+        raise ValueError(f"lora_alpha must be finite, got lora_alpha={lora_alpha} with r={r}")
     return lora_alpha
 
 
@@ -35,24 +39,46 @@ def validate_dropout(lora_dropout: object) -> float:
     return float(lora_dropout)
 
 
+def as_bool(value: object) -> bool | None:
+    """``value`` as a bool if it is one: a Python bool or a NumPy bool (``numpy.True_``), else None.
+
+    NumPy is not imported: its bool scalar is recognised by its type's module and name.
+    """
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    if kind.__module__ == "numpy" and kind.__name__ in ("bool_", "bool"):
+        return bool(value)
+    return None
+
+
 def validate_flag(name: str, value: object) -> bool:
-    """Return ``value`` if it is a real bool (``0``/``1``/``"yes"`` are refused)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
-    return value
+    """Return ``value`` as a bool: True/False, a NumPy bool, or the integers 0/1 (what loralib code passes).
+
+    Anything else (``"yes"``, ``2``, ``0.5``, ``None``) is refused: its meaning as a flag is a guess.
+    """
+    flag = as_bool(value)
+    if flag is None and isinstance(value, numbers.Integral) and value in (0, 1):
+        flag = bool(value)
+    if flag is None:
+        raise TypeError(f"{name} must be True or False (or 0/1), got {value!r} ({type(value).__name__})")
+    return flag
 
 
 def validate_enable_lora(enable_lora: object, out_features: int) -> list[bool]:
     """Return ``enable_lora`` (one flag per slice of a fused output) as a list of bools, or raise."""
     if isinstance(enable_lora, (str, bytes)) or not hasattr(enable_lora, "__iter__"):
         raise TypeError(f"enable_lora must be a list of bools such as [True, False, True], got {enable_lora!r}")
-    flags = list(enable_lora)
-    if not flags:
+    given = list(enable_lora)
+    if not given:
         raise ValueError(
             "enable_lora must not be empty: give one bool per slice of out_features, e.g. [True, False, True]"
         )
-    if not all(isinstance(flag, bool) for flag in flags):
-        raise TypeError(f"enable_lora must contain only True/False, got {flags!r}")
+    # Bools only (NumPy bools too). Integers are refused: loralib indexes with them, so [1, 0, 1] would
+    # silently mean "slices 1, 0, 1" there, not "on, off, on".
+    flags = [as_bool(flag) for flag in given]
+    if any(flag is None for flag in flags):
+        raise TypeError(f"enable_lora must contain only True/False, got {given!r}")
     if out_features % len(flags) != 0:
         raise ValueError(
             f"len(enable_lora)={len(flags)} must divide out_features={out_features} "

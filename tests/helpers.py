@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: small layers with a *non-zero* LoRA update.
+"""Helpers shared by the tests: small layers with a *non-zero* LoRA update, and a small GPT to adapt.
 
 At initialisation ``B = 0`` (or ``A = 0`` for Embedding), so the update is zero and merged ==
 unmerged would hold trivially. Every test that compares paths first gives both factors random
@@ -8,16 +8,18 @@ values with :func:`randomize_lora`.
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 import lora_basics as lora
+from lora_course.gpt import GPT, GPTConfig
 
 
 @torch.no_grad()
 def randomize_lora(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
     """Fill every LoRA factor of ``module`` with normal(0, std) values (so the update is non-zero).
 
-    Call it in train mode (unmerged): changing the factors of a merged layer would make its later
-    unmerge take out a different update than the one merged in.
+    Call it in train mode (unmerged): a merged layer keeps serving the update it merged (and takes
+    exactly that one out again on ``train()``).
     """
     generator = torch.Generator().manual_seed(seed)
     for name in lora.lora_parameter_names(module):
@@ -56,3 +58,30 @@ def make_layer(kind: str, dtype: torch.dtype = torch.float32, **kwargs) -> tuple
 
 
 LAYER_KINDS = ["linear", "linear_fifo", "merged", "embedding", "conv1d", "conv2d", "conv3d"]
+
+
+# -- a small GPT (lesson 09's architecture) for the model-level tools -----------------------------
+
+SMALL = GPTConfig(vocab_size=16, block_size=16, n_layer=2, n_head=2, n_embd=16)
+QV = {"target_modules": ["c_attn"], "r": 4, "lora_alpha": 8, "enable_lora": {"c_attn": [True, False, True]}}
+ALL = {"target_modules": ["c_attn", "c_proj", "c_fc", "lm_head", "wte"], "r": 2, "lora_alpha": 4}
+
+
+def base_model(seed: int = 0) -> GPT:
+    """A small "pretrained" GPT in eval mode."""
+    torch.manual_seed(seed)
+    model = GPT(SMALL)
+    with torch.no_grad():  # non-trivial biases and layer norms, so that every weight matters
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model.eval()
+
+
+def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
+    """``model`` with random (non-zero) LoRA factors, in eval mode. Changed in train mode: a merged
+    layer keeps serving the update it merged until it is unmerged."""
+    return randomize_lora(model.train(), seed=seed).eval()
+
+
+def tokens() -> torch.Tensor:
+    return torch.randint(0, SMALL.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))

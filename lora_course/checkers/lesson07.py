@@ -33,9 +33,9 @@ def check_conv_shapes(fn: Callable) -> None:
     ]
     for cls, i, o, ks, r, groups in cases:
         layer = cls(i, o, ks, r=r, groups=groups)
-        case = f"{cls.__name__}({i}, {o}, kernel_size={layer.kernel_size}, r={r}, groups={groups})"
+        case = f"{cls.__name__}({i}, {o}, kernel_size={layer.conv.kernel_size}, r={r}, groups={groups})"
         hint = "with k0 = kernel_size[0] and rest = prod(kernel_size[1:]): A (r*k0, in*rest), B (out/groups*k0, r*k0)."
-        expect_lora_shapes(ex, fn, (i, o, layer.kernel_size, r, groups), layer, case, hint)
+        expect_lora_shapes(ex, fn, (i, o, layer.conv.kernel_size, r, groups), layer, case, hint)
     say_passed(ex, "one rule gives A and B for Conv1d, Conv2d and Conv3d")
 
 
@@ -48,11 +48,10 @@ def check_conv_delta(fn: Callable) -> None:
     ):
         torch.manual_seed(seed)
         layer = randomize_lora(cls(i, o, ks, r=2, lora_alpha=3, groups=groups), seed=seed)
-        case = (
-            f"{cls.__name__}({i}, {o}, kernel_size={ks}, r=2, groups={groups}) with weight {tuple(layer.weight.shape)}"
-        )
+        weight_shape = tuple(layer.conv.weight.shape)
+        case = f"{cls.__name__}({i}, {o}, kernel_size={ks}, r=2, groups={groups}) with weight {weight_shape}"
         with torch.no_grad():
-            got = run_learner(ex, fn, layer.lora_A, layer.lora_B, layer.scaling, tuple(layer.weight.shape), case=case)
+            got = run_learner(ex, fn, layer.lora_A, layer.lora_B, layer.scaling, weight_shape, case=case)
             expected = layer.delta_weight()
         expect_tensor(
             ex,
@@ -66,7 +65,8 @@ def check_conv_delta(fn: Callable) -> None:
 
 @keeps_rng
 def check_conv_forward(fn: Callable) -> None:
-    """``fn(x, layer)``: a LoRA ``Conv2d``'s output with ``F.conv2d`` and the merged kernel, honouring stride/padding/groups."""
+    """``fn(x, layer)``: a LoRA ``Conv2d``'s output with ``F.conv2d`` and the merged kernel, honouring the settings
+    of ``layer.conv`` (stride, padding, dilation, groups)."""
     ex = "conv_forward"
     for seed, kw in enumerate([dict(padding=1), dict(stride=2, groups=2), dict(padding=2, dilation=2)]):
         torch.manual_seed(seed)
@@ -81,6 +81,7 @@ def check_conv_forward(fn: Callable) -> None:
             got,
             expected,
             case,
-            "F.conv2d(x, weight + delta, bias, layer.stride, layer.padding, layer.dilation, layer.groups).",
+            "the torch convolution is layer.conv: F.conv2d(x, conv.weight + delta, conv.bias, conv.stride, "
+            "conv.padding, conv.dilation, conv.groups).",
         )
     say_passed(ex, "your convolution matches lora_basics.Conv2d")

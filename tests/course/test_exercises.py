@@ -141,8 +141,9 @@ def _embedding_merge_in_place(layer):
 
 
 def _conv_forward_no_dilation(x, layer):
-    kernel = layer.weight + layer.delta_weight()
-    return F.conv2d(x, kernel, layer.bias, layer.stride, layer.padding, 1, layer.groups)
+    conv = layer.conv
+    kernel = conv.weight + layer.delta_weight()
+    return F.conv2d(x, kernel, conv.bias, conv.stride, conv.padding, 1, conv.groups)
 
 
 @torch.no_grad()
@@ -236,7 +237,7 @@ WRONG = {
         "out/groups*k0",
     ),
     "check_conv_delta": (lambda A, B, s, shape: (B @ A).T.reshape(shape) * s, "failed", ".view(weight_shape)"),
-    "check_conv_forward": (_conv_forward_no_dilation, "failed", "layer.dilation"),
+    "check_conv_forward": (_conv_forward_no_dilation, "failed", "conv.dilation"),
     "check_no_double_merge": (checkers.NaiveMergeLinear, "failed", "self.merged"),
     "check_export_linear": (_export_adds_twice, "failed", "ALREADY merged"),
     "check_lora_counts": (_counts_c_proj_once, "failed", "AND mlp.c_proj"),

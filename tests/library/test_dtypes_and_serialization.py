@@ -27,7 +27,7 @@ def test_half_precision_layers_train_and_merge(kind, dtype):
     assert out.dtype == dtype and torch.isfinite(out).all()
     out.float().pow(2).mean().backward()
     assert layer.lora_A.grad is not None and layer.lora_A.grad.dtype == dtype
-    assert layer.weight.grad is None  # frozen
+    assert layer.frozen_weight.grad is None  # frozen
     layer.eval()
     tol = HALF_TOLERANCE[dtype]
     torch.testing.assert_close(layer(x).float(), out.detach().float(), rtol=tol, atol=tol)

@@ -67,9 +67,9 @@ def test_fan_in_fan_out_where_it_cannot_apply(layer):
         LAYERS[layer](r=2, fan_in_fan_out=True)
 
 
-def test_fan_in_fan_out_must_be_bool():
-    with pytest.raises(TypeError, match="fan_in_fan_out must be True or False, got 1"):
-        lora.Linear(4, 4, r=2, fan_in_fan_out=1)
+def test_fan_in_fan_out_must_be_a_flag():
+    with pytest.raises(TypeError, match=r"fan_in_fan_out must be True or False \(or 0/1\), got 2"):
+        lora.Linear(4, 4, r=2, fan_in_fan_out=2)
 
 
 def test_config_missing_attributes():
@@ -119,5 +119,5 @@ def test_embedding_max_norm_is_refused_with_lora():
 
 
 def test_merge_weights_must_be_bool():
-    with pytest.raises(TypeError, match="merge_weights must be True or False, got 'yes'"):
+    with pytest.raises(TypeError, match=r"merge_weights must be True or False \(or 0/1\), got 'yes'"):
         lora.Linear(4, 4, r=2, merge_weights="yes")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import pytest
 import torch
 from torch import nn
@@ -12,22 +14,22 @@ from tests.helpers import LAYER_KINDS, make_layer, randomize_lora
 
 def test_eval_merges_train_unmerges_and_outputs_agree(kind):
     layer, x = make_layer(kind)
-    w0 = layer.weight.detach().clone()
+    w0 = layer.frozen_weight.detach().clone()
     train_out = layer(x)
     layer.eval()
     assert layer.merged
-    assert not torch.equal(layer.weight, w0)
+    assert not torch.equal(layer.frozen_weight, w0)
     torch.testing.assert_close(layer(x), train_out, rtol=1e-5, atol=1e-5)
     layer.train()
     assert not layer.merged
-    torch.testing.assert_close(layer.weight, w0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer.frozen_weight, w0, rtol=0, atol=1e-6)
 
 
 def test_merged_weight_is_base_plus_delta(kind):
     layer, _ = make_layer(kind)
-    w0 = layer.weight.detach().clone()
+    w0 = layer.frozen_weight.detach().clone()
     layer.eval()
-    torch.testing.assert_close(layer.weight, w0 + layer.delta_weight())
+    torch.testing.assert_close(layer.frozen_weight, w0 + layer.delta_weight())
 
 
 def test_parent_eval_and_train_reach_the_layers():
@@ -77,12 +79,12 @@ def test_explicit_merge_and_unmerge(kind):
 
 def test_fp32_hundred_toggles_do_not_drift(kind):
     layer, x = make_layer(kind)
-    w0 = layer.weight.detach().clone()
+    w0 = layer.frozen_weight.detach().clone()
     reference = layer(x).detach()
     for _ in range(100):
         layer.eval()
         layer.train()
-    assert (layer.weight - w0).abs().max().item() < 1e-6
+    assert (layer.frozen_weight - w0).abs().max().item() < 1e-6
     torch.testing.assert_close(layer(x), reference, rtol=0, atol=1e-5)
     layer.eval()
     torch.testing.assert_close(layer(x), reference, rtol=0, atol=1e-5)
@@ -94,14 +96,14 @@ def test_half_precision_drift_is_bounded(kind, dtype):
     toggles do not walk away: the drift after 100 toggles is no larger than after the first one,
     and stays within one unit in the last place of the weight's dtype (2**-8 bf16, 2**-11 fp16)."""
     layer, _ = make_layer(kind, dtype=dtype)
-    w0 = layer.weight.detach().float().clone()
+    w0 = layer.frozen_weight.detach().float().clone()
     layer.eval()
     layer.train()
-    after_one = (layer.weight.float() - w0).abs().max().item()
+    after_one = (layer.frozen_weight.float() - w0).abs().max().item()
     for _ in range(99):
         layer.eval()
         layer.train()
-    after_hundred = (layer.weight.float() - w0).abs().max().item()
+    after_hundred = (layer.frozen_weight.float() - w0).abs().max().item()
     ulp = torch.finfo(dtype).eps * w0.abs().max().item()
     assert after_hundred <= max(after_one, ulp)
     assert after_hundred <= ulp
@@ -173,44 +175,54 @@ def test_conv_builds_runs_merges_exactly(cls, in_shape, kwargs):
     torch.manual_seed(0)
     layer = randomize_lora(cls(4, 8, r=2, lora_alpha=2, **kwargs))
     x = torch.randn(*in_shape)
-    w0 = layer.weight.detach().clone()
+    w0 = layer.frozen_weight.detach().clone()
     plain = cls.torch_conv(4, 8, **kwargs)
-    plain.load_state_dict({"weight": w0 + layer.delta_weight().detach(), "bias": layer.bias.detach()})
+    plain.load_state_dict({"weight": w0 + layer.delta_weight().detach(), "bias": layer.conv.bias.detach()})
     torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5)  # unmerged == conv with W0 + delta
     layer.eval()
     torch.testing.assert_close(layer(x), plain(x), rtol=1e-5, atol=1e-5)
     layer.train()
-    torch.testing.assert_close(layer.weight, w0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(layer.frozen_weight, w0, rtol=0, atol=1e-6)
 
 
 def test_conv_dropout_is_applied_on_the_lora_path():
     torch.manual_seed(0)
     layer = randomize_lora(lora.Conv2d(3, 4, 3, r=2, lora_dropout=0.5, padding=1), std=0.5)
     x = torch.randn(2, 3, 6, 6)
-    base = layer._conv_forward(x, layer.weight, layer.bias)
+    base = layer.conv(x)
     outs = [layer(x) for _ in range(2)]
     assert not torch.allclose(outs[0], outs[1])  # a different mask each call
     layer.eval()
-    torch.testing.assert_close(layer(x), base + layer._conv_forward(x, layer.delta_weight(), None))
+    torch.testing.assert_close(layer(x), base + layer.conv._conv_forward(x, layer.delta_weight(), None))
 
 
 # -- 5. state dicts while merged ---------------------------------------------------------------
 
 
-def test_saving_merged_equals_saving_unmerged(kind):
+@pytest.mark.parametrize("saved_in", ["train", "eval"])
+@pytest.mark.parametrize("loaded_in", ["train", "eval"])
+def test_a_checkpoint_means_the_same_whatever_mode_saved_or_loads_it(kind, saved_in, loaded_in):
     layer, x = make_layer(kind)
-    unmerged_state = {k: v.clone() for k, v in layer.state_dict().items()}
-    layer.eval()
-    merged_state = layer.state_dict()
-    assert merged_state.keys() == unmerged_state.keys()
-    for key in unmerged_state:
-        torch.testing.assert_close(merged_state[key], unmerged_state[key], rtol=0, atol=1e-6)
+    w0 = layer.frozen_weight.detach().clone()
+    expected = layer(x).detach()
+    layer.train(saved_in == "train")
+    state = layer.state_dict()
+    # Saved as held (merged in eval mode, as loralib does), and the metadata says which.
+    torch.testing.assert_close(state[layer.frozen_weight_name], layer.frozen_weight, rtol=0, atol=0)
+    assert state._metadata[""]["lora_merged"] == (saved_in == "eval")
     fresh, _ = make_layer(kind)
     fresh.reset_parameters()
-    fresh.load_state_dict(merged_state)
-    for mode in (True, False):
-        layer.train(mode), fresh.train(mode)
-        torch.testing.assert_close(fresh(x), layer(x), rtol=1e-5, atol=1e-5)
+    fresh.train(loaded_in == "train")
+    fresh.load_state_dict(torch.load(io.BytesIO(_saved(state)), weights_only=True))
+    for mode in (loaded_in == "train", loaded_in != "train"):
+        torch.testing.assert_close(fresh.train(mode)(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fresh.train().frozen_weight, w0, rtol=0, atol=1e-6)
+
+
+def _saved(state) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)  # the metadata travels with torch.save
+    return buffer.getvalue()
 
 
 def test_loading_into_a_merged_layer_unmerges_first(kind):
@@ -223,7 +235,7 @@ def test_loading_into_a_merged_layer_unmerges_first(kind):
     source.eval()
     torch.testing.assert_close(target(x), source(x), rtol=1e-5, atol=1e-5)
     target.train()
-    torch.testing.assert_close(target.weight, source.train().weight, rtol=0, atol=1e-6)
+    torch.testing.assert_close(target.frozen_weight, source.train().frozen_weight, rtol=0, atol=1e-6)
 
 
 def test_loading_only_the_lora_state_dict_into_a_merged_model():
@@ -241,6 +253,7 @@ def test_loading_only_the_lora_state_dict_into_a_merged_model():
 @pytest.mark.parametrize("kind", LAYER_KINDS)
 def test_state_dict_keys_are_loralib_names(kind):
     layer, _ = make_layer(kind)
-    assert set(layer.state_dict()) == {"weight", "bias", "lora_A", "lora_B"} - (
-        {"bias"} if kind == "embedding" else set()
-    )
+    expected = {"weight", "bias", "lora_A", "lora_B"} - ({"bias"} if kind == "embedding" else set())
+    if kind.startswith("conv"):  # loralib's ConvLoRA holds the torch convolution in a child ``conv``
+        expected = {"conv.weight", "conv.bias", "lora_A", "lora_B"}
+    assert set(layer.state_dict()) == expected

@@ -65,7 +65,7 @@ def test_conv(dim, groups, channels_per_group, r, data):
     in_channels, out_channels = groups * channels_per_group, groups * data.draw(st.integers(1, 3))
     cls = {1: lora.Conv1d, 2: lora.Conv2d, 3: lora.Conv3d}[dim]
     layer = cls(in_channels, out_channels, kernel, r=r, groups=groups, padding=1)
-    assert layer.delta_weight().shape == layer.weight.shape
+    assert layer.delta_weight().shape == layer.conv.weight.shape
     assert_merged_equals_unmerged(layer, torch.randn(2, in_channels, *[5] * dim))
 
 

@@ -59,11 +59,61 @@ def test_embedding_matches_loralib(padding_idx):
 
 
 @pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2, groups=2, dilation=2, padding=2), dict(bias=False)])
-def test_conv2d_matches_loralib_and_loads_its_conv_keys(kwargs):
+def test_conv2d_matches_loralib_and_checkpoints_load_both_ways(kwargs):
     torch.manual_seed(0)
     reference = loralib.Conv2d(4, 6, 3, r=2, lora_alpha=4, **kwargs)
-    assert any(key.startswith("conv.") for key in reference.state_dict())  # loralib's wrapper keys
-    _compare(reference, lora.Conv2d(4, 6, 3, r=2, lora_alpha=4, **kwargs), torch.randn(2, 4, 9, 9), atol=1e-5)
+    ours = lora.Conv2d(4, 6, 3, r=2, lora_alpha=4, **kwargs)
+    x = torch.randn(2, 4, 9, 9)
+    _compare(reference, ours, x, atol=1e-5)
+    # ... and back: our checkpoint into a fresh loralib layer, strict, same keys
+    again = loralib.Conv2d(4, 6, 3, r=2, lora_alpha=4, **kwargs)
+    again.eval()
+    again.load_state_dict(ours.state_dict(), strict=True)
+    torch.testing.assert_close(again(x), reference(x), rtol=0, atol=1e-5)
+
+
+def test_same_seed_builds_the_same_conv_as_loralib():
+    torch.manual_seed(5)
+    reference = loralib.ConvLoRA(torch.nn.Conv2d, 3, 4, 3, r=2, lora_alpha=4, padding=1)
+    torch.manual_seed(5)
+    ours = lora.ConvLoRA(torch.nn.Conv2d, 3, 4, 3, r=2, lora_alpha=4, padding=1)
+    assert list(ours.state_dict()) == list(reference.state_dict())
+    for key, value in reference.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], value, rtol=0, atol=0)
+
+
+LAYER_PAIRS = {
+    "linear": (lambda lib: lib.Linear(16, 12, r=4, lora_alpha=8), torch.randn(3, 5, 16)),
+    "linear_fifo": (lambda lib: lib.Linear(16, 12, r=4, lora_alpha=8, fan_in_fan_out=True), torch.randn(3, 16)),
+    "merged": (
+        lambda lib: lib.MergedLinear(16, 18, r=2, lora_alpha=4, enable_lora=[True, False, True]),
+        torch.randn(3, 16),
+    ),
+    "embedding": (lambda lib: lib.Embedding(30, 8, r=3, lora_alpha=6), torch.randint(0, 30, (4, 9))),
+    "conv2d": (lambda lib: lib.Conv2d(4, 6, 3, r=2, lora_alpha=4, padding=1), torch.randn(2, 4, 7, 7)),
+}
+
+
+@pytest.mark.parametrize("kind", LAYER_PAIRS)
+def test_eval_mode_checkpoints_load_both_ways_between_eval_mode_models(kind):
+    """Saved in eval mode (merged weight), loaded into a model in eval mode: loralib's own outputs."""
+    build, x = LAYER_PAIRS[kind]
+    torch.manual_seed(0)
+    theirs = build(loralib)
+    randomize_lora_loralib(theirs)
+    theirs.eval()
+    expected = theirs(x)
+    ours = build(lora)
+    ours.eval()
+    ours.load_state_dict(theirs.state_dict(), strict=True)  # loralib's merged weight
+    torch.testing.assert_close(ours(x), expected, rtol=0, atol=1e-5)
+    again = build(loralib)
+    again.eval()
+    again.load_state_dict(ours.state_dict(), strict=True)  # ours, saved in eval mode
+    torch.testing.assert_close(again(x), expected, rtol=0, atol=1e-5)
+    # ours takes the loaded update out again on train(): the pretrained weight loralib had
+    theirs.train()
+    torch.testing.assert_close(ours.train()(x), theirs(x), rtol=0, atol=1e-5)
 
 
 def test_same_seed_builds_the_same_linear_as_loralib():
