@@ -44,7 +44,8 @@ from torch import nn
 
 from .conv import ConvLoRA
 from .embedding import Embedding
-from .inject import inject, lora_layers, replace_module
+from .inject import build_lora_layer, lora_layers, replace_module
+from .lora_linear import LoRALinear
 from .merged_linear import MergedLinear
 from .utils import mark_only_lora_as_trainable
 
@@ -105,10 +106,16 @@ def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
 
 def _peft_factors(layer) -> dict[str, torch.Tensor]:
     """The layer's update as PEFT's tensors (names relative to the module)."""
+    if isinstance(layer, LoRALinear):  # the textbook layer keeps A and B as nn.Linear weights
+        return {"lora_A.weight": layer.A.weight, "lora_B.weight": layer.B.weight}
     if isinstance(layer, Embedding):
         return {"lora_embedding_A": layer.lora_A, "lora_embedding_B": layer.lora_B}
     # Linear's full_lora_B() is lora_B itself; MergedLinear's is the block-diagonal (out, r*k) B.
     return {"lora_A.weight": layer.lora_A, "lora_B.weight": layer.full_lora_B()}
+
+
+def _dropout(layer) -> nn.Module:
+    return layer.dropout if isinstance(layer, LoRALinear) else layer.lora_dropout
 
 
 def to_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: str | None = None) -> Path:
@@ -124,13 +131,14 @@ def to_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: st
     convs = [name for name, layer in layers.items() if isinstance(layer, ConvLoRA)]
     if convs:
         raise ValueError(f"conv LoRA layers {convs} have no exact PEFT form (PEFT factors kernels differently)")
-    dropouts = {float(getattr(layer.lora_dropout, "p", 0.0)) for layer in layers.values()}
+    dropouts = {float(getattr(_dropout(layer), "p", 0.0)) for layer in layers.values()}
     if len(dropouts) > 1:
         raise ValueError(f"PEFT has one lora_dropout per adapter, the layers use {sorted(dropouts)}")
     ranks, alphas, tensors = {}, {}, {}
     for name, layer in layers.items():
         k = sum(layer.enable_lora) if isinstance(layer, MergedLinear) else 1
-        ranks[name], alphas[name] = layer.r * k, float(layer.lora_alpha) * k  # same scale alpha / r
+        alpha = layer.scaling * layer.r  # lora_alpha (the textbook layer keeps only the scale)
+        ranks[name], alphas[name] = layer.r * k, float(alpha) * k  # same scale alpha / r
         for key, tensor in _peft_factors(layer).items():
             tensors[f"{PREFIX}{name}.{key}"] = tensor.detach()
     r = max(set(ranks.values()), key=list(ranks.values()).count)  # the most common rank; the rest as patterns
@@ -234,7 +242,8 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
         for name in targets:
             r = int(_pattern_value(name, config.get("rank_pattern") or {}, config["r"]))
             alpha = float(_pattern_value(name, config.get("alpha_pattern") or {}, config["lora_alpha"]))
-            inject(model, name, r=r, lora_alpha=alpha, lora_dropout=float(config.get("lora_dropout", 0.0)))
+            dropout = float(config.get("lora_dropout", 0.0))
+            replace_module(model, name, build_lora_layer(model, name, r=r, lora_alpha=alpha, lora_dropout=dropout))
         ours = {f"{name}.{attr}": tensors[key] for key, (name, attr) in expected.items()}
         for key, value in ours.items():
             needed = model.get_parameter(key).shape

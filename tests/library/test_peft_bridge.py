@@ -137,3 +137,16 @@ def test_an_adapter_that_carries_a_changed_base_tensor_is_refused_and_changes_no
         lora.from_peft(base, tmp_path)
     assert not lora.lora_layers(base)
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
+def test_the_textbook_lora_linear_exports_too(tmp_path):
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    ours = copy.deepcopy(base)
+    ours[0] = lora.LoRALinear.from_linear(ours[0], lora.LoRAConfig(lora_r=2, lora_alpha=6))
+    with torch.no_grad():
+        ours[0].B.weight.normal_()
+    lora.to_peft(ours, tmp_path)
+    theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
+    x = torch.randn(4, 6)
+    torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=1e-6)
