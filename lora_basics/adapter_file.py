@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -249,27 +249,31 @@ def read_adapter(path: str | Path) -> dict:
 # -- loading -------------------------------------------------------------------------------------
 
 
+def _lora_snapshot(layer: nn.Module) -> Callable[[], None]:
+    """A function that puts ``layer``'s LoRA state back as it is now: factors, merged weight, merge record."""
+    if isinstance(layer, LoRALinear):
+        tensors, record = [layer.A.weight, layer.B.weight], None
+    else:
+        tensors = [layer.lora_A, layer.lora_B] + ([layer.frozen_weight] if layer.merged else [])
+        record = (layer.merged, layer.merged_factors)
+    copies = [tensor.detach().clone() for tensor in tensors]
+
+    def restore() -> None:
+        for tensor, copy in zip(tensors, copies, strict=True):
+            tensor.copy_(copy)
+        if record is not None:
+            layer.merged, layer.merged_factors = record
+
+    return restore
+
+
 @contextmanager
 def _all_or_nothing(model: nn.Module) -> Iterator[None]:
     """Put ``model`` back exactly as it was if the block raises: its modules (LoRA layers injected by the
     block are taken out again), which parameters train, and its LoRA layers' factors and merged weights."""
     children = [(parent, name, child) for parent in model.modules() for name, child in parent._modules.items()]
     trains = [(param, param.requires_grad) for param in model.parameters()]
-    saved = []
-    for layer in lora_layers(model).values():
-        if isinstance(layer, LoRALinear):
-            tensors = [layer.A.weight, layer.B.weight]
-        else:
-            tensors = [layer.lora_A, layer.lora_B] + ([layer.frozen_weight] if layer.merged else [])
-        saved.append(
-            (
-                layer,
-                getattr(layer, "merged", None),
-                getattr(layer, "merged_factors", None),
-                tensors,
-                [t.detach().clone() for t in tensors],
-            )
-        )
+    restores = [_lora_snapshot(layer) for layer in lora_layers(model).values()]
     try:
         yield
     except BaseException:
@@ -278,11 +282,8 @@ def _all_or_nothing(model: nn.Module) -> Iterator[None]:
                 parent._modules[name] = child
             for param, flag in trains:
                 param.requires_grad_(flag)
-            for layer, merged, factors, tensors, copies in saved:
-                for tensor, copy in zip(tensors, copies, strict=True):
-                    tensor.copy_(copy)
-                if merged is not None:
-                    layer.merged, layer.merged_factors = merged, factors
+            for restore in restores:
+                restore()
         raise
 
 

@@ -66,6 +66,8 @@ def _why_unsupported(model: nn.Module, name: str, module: nn.Module) -> str | No
     """Why replacing ``module`` by a LoRA layer would change what the model computes (None if it would not)."""
     if isinstance(module, (LoRALayer, LoRALinear)):
         return f"it is already a LoRA layer ({type(module).__name__}); call add_lora once"
+    if not (isinstance(module, (nn.Linear, nn.Embedding)) or _is_conv1d_style(module) or type(module) in _CONVS):
+        return None  # not a layer type add_lora adapts: _wrap says so
     parent_name = name.rpartition(".")[0]
     if isinstance(model.get_submodule(parent_name), nn.MultiheadAttention):
         return (
