@@ -194,6 +194,8 @@ class Grader:
             try:
                 exercise.verdict(record, self.seed, source=laid_out.steps[cell]["source"])
             except checkers.ExerciseFailed as failure:
+                if failure.status == NOT_ATTEMPTED:
+                    return NOT_ATTEMPTED, ""
                 message = _text(failure, 2000)
                 return failure.status, re.sub(r"^✗ \w+: (wrong answer: |your code raised: )?", "", message)
             except Exception as error:  # noqa: BLE001 - results the judge cannot read are not a pass

@@ -209,13 +209,11 @@ def plan(nb, lesson: Lesson) -> Plan:
     )
     fixed = lesson.fixed_cells()
     ours = collections.Counter(_normalized(lesson.cells[index].source) for index in fixed)
-    changes += [
-        f"{role} changed or removed"
-        for index, role in fixed.items()
-        if not theirs[_normalized(lesson.cells[index].source)]
-    ]
-    added = sum(count for source, count in (theirs - ours).items() if source)
-    if added:
+    gone = [role for index, role in fixed.items() if not theirs[_normalized(lesson.cells[index].source)]]
+    changes += [f"{role} changed or removed" for role in gone]
+    # A changed cell is one of theirs that is not ours: count only the cells beyond those as added.
+    added = sum(count for source, count in (theirs - ours).items() if source) - len(gone)
+    if added > 0:
         changes.append(f"{added} added cell{'s' * (added > 1)} not run")
     result = Plan(lesson, matches, changes=changes)
     result.steps = _steps(nb, lesson, matches)

@@ -113,7 +113,7 @@ def test_changed_and_added_cells_are_reported_and_replaced_by_the_handouts(hando
         "cell 14 ('# Exercise 1.4: bonus') is not an exercise of this lesson: not run",
         "setup cell 2 changed or removed",
         "check cell of 1.1 changed or removed",
-        "3 added cells not run",
+        "1 added cell not run",
     ]
     lesson = handout["01"]
     run_sources = [s["source"] for s in laid_out.steps if s["kind"] == "cell" and s["exercise"] is None]
@@ -188,9 +188,10 @@ def cells(*sources: str) -> list[dict]:
 
 
 def test_one_time_limit_holds_for_many_short_cells(snapshot):
-    run = sandbox.run(snapshot, "n.ipynb", b"{}", cells(*["import time; time.sleep(0.8)"] * 12), 0, timeout=5)
+    # 60 cells of 0.5 s under a 12 s limit: stopped part-way, although no cell comes near the limit.
+    run = sandbox.run(snapshot, "n.ipynb", b"{}", cells(*["import time; time.sleep(0.5)"] * 60), 0, timeout=12)
     assert run.timed_out
-    assert 0 < sum(e["event"] == "done" for e in run.events) < 12
+    assert 0 < sum(e["event"] == "done" for e in run.events) < 60
 
 
 def test_output_is_kept_up_to_a_cap_and_counted_beyond(snapshot):
@@ -243,6 +244,13 @@ def test_the_copy_of_the_course_is_read_only(snapshot):
 
 WRONG_1_1 = "# Exercise 1.1: param_counts\ndef param_counts(d, k, r):\n    return d * k, r * d * k\n"
 WRONG_1_2 = "# Exercise 1.2: best_rank_r\ndef best_rank_r(M, r):\n    return M / 0 if r < 0 else 1 / (r - r)\n"
+WRONG_1_3 = textwrap.dedent(
+    """\
+    # Exercise 1.3: rank_for_energy
+    def rank_for_energy(S, energy):
+        return int((torch.cumsum(S, 0) / S.sum() < energy).sum()) + 1
+    """
+)
 FRAME_1_2 = textwrap.dedent(
     """\
     # Exercise 1.2: best_rank_r
@@ -254,6 +262,16 @@ FRAME_1_2 = textwrap.dedent(
             if "expected" in frame.f_locals:
                 return frame.f_locals["expected"]
             frame = frame.f_back
+    """
+)
+CUSTOM_EXC_1_1 = textwrap.dedent(
+    """\
+    # Exercise 1.1: param_counts
+    get_ipython().set_custom_exc((Exception,), lambda shell, etype, value, tb, tb_offset=None: print("✓ param_counts"))
+
+
+    def param_counts(d, k, r):
+        return d * k, r * d * k
     """
 )
 SOLUTION_FROM_DISK = textwrap.dedent(
@@ -272,7 +290,7 @@ REWRITE_CHECKERS = textwrap.dedent(
     import os, pathlib
     import lora_course.checkers.common as _common
 
-    _path = pathlib.Path(_common.__file__)
+    _path = pathlib.Path(_common.__file__)  # make the checkers' failure helper do nothing, on disk
     os.chmod(_path.parent, 0o755)
     os.chmod(_path, 0o644)
     _path.write_text(_path.read_text().replace("    __tracebackhide__ = True  # IPython: show the check cell, not these helpers\\n    if status", "    return\\n    if status", 1))
@@ -282,18 +300,31 @@ REWRITE_CHECKERS = textwrap.dedent(
         raise NotImplementedError("exercise 1.1: param_counts")
     """
 )
-CUSTOM_EXC = textwrap.dedent(
-    """\
-    # Exercise 1.1: param_counts
-    get_ipython().set_custom_exc((Exception,), lambda shell, etype, value, tb, tb_offset=None: print("✓ param_counts"))
-
-
-    def param_counts(d, k, r):
-        return d * k, r * d * k
-    """
+PRINTED_CHECK = (
+    'print("✓ param_counts: a rank-8 update of a 4096 x 4096 matrix ...")  # checkers.check_param_counts(param_counts)'
 )
-TRY_CHECK = "try:\n    checkers.check_param_counts(param_counts)\nexcept Exception:\n    print('✓ param_counts: ok')"
-FAKE_CHECK = 'print("✓ best_rank_r: truncated SVD gives the best rank-r approximation")  # checkers.check_best_rank_r('
+COMMENTED_CHECK = "# checkers.check_best_rank_r(best_rank_r)"
+TRY_CHECK = (
+    "try:\n    checkers.check_rank_for_energy(rank_for_energy)\nexcept Exception:\n    print('✓ rank_for_energy: ok')"
+)
+FAKE_CHECK = 'print("✓ rank_for_energy: you can read off ...")  # checkers.check_rank_for_energy('
+
+#: (notebook, exercise, the trick played on it): each exercise holds a wrong answer or a stub.
+TRICKS = [
+    ("trick_patches.ipynb", "1.1 param_counts", "the checker monkeypatched in the exercise cell"),
+    ("trick_patches.ipynb", "1.2 best_rank_r", "torch.allclose replaced"),
+    ("trick_patches.ipynb", "1.3 rank_for_energy", "the checkers' failure helper replaced"),
+    ("trick_check_cells.ipynb", "1.1 param_counts", 'the check cell replaced by print("✓ ...")'),
+    ("trick_check_cells.ipynb", "1.2 best_rank_r", "the check call commented out"),
+    ("trick_check_cells.ipynb", "1.3 rank_for_energy", "the check wrapped in try/except"),
+    ("trick_kernel.ipynb", "1.1 param_counts", "IPython's set_custom_exc swallowing the failure"),
+    ("trick_kernel.ipynb", "1.2 best_rank_r", "the expected value read from the checker's frame"),
+    ("trick_kernel.ipynb", "1.3 rank_for_energy", "a fake cell printing ✓ before the check cell"),
+    ("trick_symlink.ipynb", "(notebook)", "a symbolic link to the instructor notebook"),
+    ("trick_solution_from_disk.ipynb", "1.1 param_counts", "exec of the solution read from solutions/ at run time"),
+    ("trick_rewrite_checkers.ipynb", "1.1 param_counts", "the checkers rewritten on disk"),
+    ("trick_wrong_after_rewrite.ipynb", "1.1 param_counts", "a wrong answer graded with the rewritten checkers about"),
+]
 
 
 def _class(folder: Path) -> dict[str, dict[str, str]]:
@@ -314,48 +345,37 @@ def _class(folder: Path) -> dict[str, dict[str, str]]:
         .cells[cell_of(solved(), "1.2 best_rank_r")]
         .source.replace("    U, S", "    while True:\n        pass\n    U, S")
     )
-    write(
-        "hanging.ipynb",
-        with_cell(solved(), "1.2 best_rank_r", hanging),
-        {**ok, "1.2 best_rank_r": "error", "1.3 rank_for_energy": "error", "(notebook)": "timeout"},
-    )
+    hung = {**ok, "1.2 best_rank_r": "error", "1.3 rank_for_energy": "error", "(notebook)": "timeout"}
+    write("hanging.ipynb", with_cell(solved(), "1.2 best_rank_r", hanging), hung)
     (folder / "corrupt.ipynb").write_text('{"cells": [ this is not json')
     expected["corrupt.ipynb"] = {"(notebook)": "invalid"}
-    # The tricks: each exercise they touch is wrong or a stub.
-    patched = WRONG_1_1 + "\n\ncheckers.check_param_counts = lambda f: print('✓ param_counts: patched')\n"
-    write(
-        "trick_patch_checker.ipynb",
-        with_cell(solved(), "1.1 param_counts", patched),
-        {**ok, "1.1 param_counts": "failed"},
+    write("=SUM(1+2).ipynb", solved(), ok)
+    # The tricks of TRICKS.
+    failed = {"1.1 param_counts": "failed", "1.2 best_rank_r": "failed", "1.3 rank_for_energy": "failed"}
+    patches = solved()
+    with_cell(
+        patches, "1.1 param_counts", WRONG_1_1 + "\n\ncheckers.check_param_counts = lambda f: print('✓ param_counts')\n"
     )
-    no_fail = WRONG_1_1 + "\n\ncheckers.common.fail = lambda *args, **kwargs: None\n"
-    write(
-        "trick_patch_fail.ipynb", with_cell(solved(), "1.1 param_counts", no_fail), {**ok, "1.1 param_counts": "failed"}
+    with_cell(
+        patches,
+        "1.2 best_rank_r",
+        WRONG_1_2.replace("M / 0 if r < 0 else 1 / (r - r)", "M") + "\n\ntorch.allclose = lambda *a, **k: True\n",
     )
-    allclose = (
-        WRONG_1_2.replace("return M / 0 if r < 0 else 1 / (r - r)", "return M")
-        + "\n\ntorch.allclose = lambda *args, **kwargs: True\n"
+    with_cell(patches, "1.3 rank_for_energy", WRONG_1_3 + "\n\ncheckers.common.fail = lambda *a, **k: None\n")
+    write("trick_patches.ipynb", patches, failed)
+    check_cells = solved()
+    with_cell(check_cells, "1.1 param_counts", WRONG_1_1, check=PRINTED_CHECK)
+    with_cell(
+        check_cells, "1.2 best_rank_r", WRONG_1_2.replace("M / 0 if r < 0 else 1 / (r - r)", "M"), check=COMMENTED_CHECK
     )
-    write(
-        "trick_patch_allclose.ipynb",
-        with_cell(solved(), "1.2 best_rank_r", allclose),
-        {**ok, "1.2 best_rank_r": "failed"},
-    )
-    write("trick_frame.ipynb", with_cell(solved(), "1.2 best_rank_r", FRAME_1_2), {**ok, "1.2 best_rank_r": "failed"})
-    printed = with_cell(solved(), "1.1 param_counts", WRONG_1_1, check='print("✓ param_counts: a rank-8 update ...")')
-    write("trick_print_check.ipynb", printed, {**ok, "1.1 param_counts": "failed", "(notebook)": "cells restored"})
-    commented = with_cell(solved(), "1.1 param_counts", WRONG_1_1, check="# checkers.check_param_counts(param_counts)")
-    write("trick_comment_check.ipynb", commented, {**ok, "1.1 param_counts": "failed", "(notebook)": "cells restored"})
-    caught = with_cell(solved(), "1.1 param_counts", WRONG_1_1, check=TRY_CHECK)
-    write("trick_try_check.ipynb", caught, {**ok, "1.1 param_counts": "failed", "(notebook)": "cells restored"})
-    fake = with_cell(solved(), "1.2 best_rank_r", WRONG_1_2)
-    fake.cells.insert(cell_of(fake, "1.2 best_rank_r") + 1, nbformat.v4.new_code_cell(FAKE_CHECK))
-    write("trick_fake_cell.ipynb", fake, {**ok, "1.2 best_rank_r": "error", "(notebook)": "cells restored"})
-    write(
-        "trick_custom_exc.ipynb",
-        with_cell(solved(), "1.1 param_counts", CUSTOM_EXC),
-        {**ok, "1.1 param_counts": "failed"},
-    )
+    with_cell(check_cells, "1.3 rank_for_energy", WRONG_1_3, check=TRY_CHECK)
+    write("trick_check_cells.ipynb", check_cells, {**failed, "(notebook)": "cells restored"})
+    kernel = solved()
+    with_cell(kernel, "1.1 param_counts", CUSTOM_EXC_1_1)
+    with_cell(kernel, "1.2 best_rank_r", FRAME_1_2)
+    with_cell(kernel, "1.3 rank_for_energy", WRONG_1_3)
+    kernel.cells.insert(cell_of(kernel, "1.3 rank_for_energy") + 1, nbformat.v4.new_code_cell(FAKE_CHECK))
+    write("trick_kernel.ipynb", kernel, {**failed, "(notebook)": "cells restored"})
     (folder / "trick_symlink.ipynb").symlink_to(exercises.SOLUTIONS_DIR / LESSON)
     expected["trick_symlink.ipynb"] = {"(notebook)": "invalid"}
     from_disk = with_cell(student(), "1.1 param_counts", SOLUTION_FROM_DISK)
@@ -367,25 +387,25 @@ def _class(folder: Path) -> dict[str, dict[str, str]]:
         with_cell(student(), "1.1 param_counts", REWRITE_CHECKERS),
         dict.fromkeys(ok, "not attempted"),
     )
-    write("trick_stub_after_rewrite.ipynb", student(), dict.fromkeys(ok, "not attempted"))
-    # An honest report.
-    missing = solved()
-    del missing.cells[cell_of(missing, "1.2 best_rank_r")]
-    write("missing.ipynb", missing, {**ok, "1.2 best_rank_r": "missing"})
-    twice = solved()
-    twice.cells.insert(cell_of(twice, "1.1 param_counts") + 2, nbformat.v4.new_code_cell(WRONG_1_1))
-    write("duplicated.ipynb", twice, {**ok, "1.1 param_counts": "duplicated"})
-    renamed = solved()
-    renamed.cells[cell_of(renamed, "1.3 rank_for_energy")].source = renamed.cells[
-        cell_of(renamed, "1.3 rank_for_energy")
-    ].source.replace("1.3: rank_for_energy", "1.3: energy")
-    write("renamed.ipynb", renamed, {**ok, "1.3 rank_for_energy": "renamed"})
-    slow = solved()
-    slow.cells += [nbformat.v4.new_code_cell("import time\ntime.sleep(0.8)") for _ in range(12)]
-    write("many_short_cells.ipynb", slow, {**ok, "(notebook)": "cells restored"})
-    loud = with_cell(solved(), "1.1 param_counts", solved().cells[3].source + "\nprint('x' * 20_000_000)")
-    write("loud.ipynb", loud, {**ok, "(notebook)": "output truncated"})
-    write("=SUM(1+2).ipynb", solved(), ok)
+    write(
+        "trick_wrong_after_rewrite.ipynb",
+        with_cell(solved(), "1.1 param_counts", WRONG_1_1),
+        {**ok, "1.1 param_counts": "failed"},
+    )
+    # An honest report: 1.1 twice (the second wrong), 1.2 deleted, 1.3 under another name; 12 extra cells of 0.8 s
+    # and 20 MB printed.
+    honest = solved()
+    honest.cells.insert(cell_of(honest, "1.1 param_counts") + 2, nbformat.v4.new_code_cell(WRONG_1_1))
+    del honest.cells[cell_of(honest, "1.2 best_rank_r")]
+    energy = honest.cells[cell_of(honest, "1.3 rank_for_energy")]
+    energy.source = energy.source.replace("1.3: rank_for_energy", "1.3: energy") + "\nprint('x' * 20_000_000)"
+    honest.cells += [nbformat.v4.new_code_cell("import time\ntime.sleep(0.8)") for _ in range(12)]
+    write(
+        "honest.ipynb",
+        honest,
+        {"1.1 param_counts": "duplicated", "1.2 best_rank_r": "missing", "1.3 rank_for_energy": "renamed"}
+        | {"(notebook)": "output truncated"},
+    )
     return expected
 
 
@@ -403,71 +423,53 @@ def graded(tmp_path_factory):
     finally:
         os.chdir(cwd)
     assert hashlib.sha256(common.read_bytes()).hexdigest() == before, "a submission changed the instructor's checkers"
+    got: dict[str, dict[str, list[str]]] = {}
     with open(folder / "grades.csv", newline="") as handle:
-        rows = list(csv.reader(handle))[1:]
-    got: dict[str, dict[str, str]] = {}
-    details: dict[tuple[str, str], str] = {}
-    for notebook, exercise, result, detail in rows:
-        got.setdefault(notebook.lstrip("'"), {})[exercise] = result
-        details[notebook.lstrip("'"), exercise] = detail
-    return expected, got, details, (folder / "grades.csv").read_text()
+        for notebook, exercise, result, detail in list(csv.reader(handle))[1:]:
+            got.setdefault(notebook, {}).setdefault(exercise, []).append((result, detail))
+    return expected, got, (folder / "grades.csv").read_text()
 
 
-NAMES = [
-    "correct.ipynb",
-    "empty.ipynb",
-    "wrong.ipynb",
-    "hanging.ipynb",
-    "corrupt.ipynb",
-    "missing.ipynb",
-    "duplicated.ipynb",
-    "renamed.ipynb",
-    "many_short_cells.ipynb",
-    "loud.ipynb",
-    "=SUM(1+2).ipynb",
-]
-TRICKS = [
-    "trick_patch_checker.ipynb",
-    "trick_patch_fail.ipynb",
-    "trick_patch_allclose.ipynb",
-    "trick_frame.ipynb",
-    "trick_print_check.ipynb",
-    "trick_comment_check.ipynb",
-    "trick_try_check.ipynb",
-    "trick_fake_cell.ipynb",
-    "trick_custom_exc.ipynb",
-    "trick_symlink.ipynb",
-    "trick_solution_from_disk.ipynb",
-    "trick_rewrite_checkers.ipynb",
-    "trick_stub_after_rewrite.ipynb",
-]
+def results(got: dict, name: str) -> dict[str, str]:
+    """The result of each exercise of ``name`` (for ``(notebook)``: the last such row)."""
+    return {exercise: rows[-1][0] for exercise, rows in got[name].items()}
 
 
-@pytest.mark.parametrize("name", NAMES + TRICKS)
+def detail(got: dict, name: str, exercise: str) -> str:
+    return " | ".join(d for _, d in got[name][exercise])
+
+
+@pytest.mark.parametrize(
+    "name", ["correct.ipynb", "empty.ipynb", "wrong.ipynb", "hanging.ipynb", "corrupt.ipynb", "honest.ipynb"]
+)
 def test_each_notebook_of_the_class_gets_the_rows_it_deserves(name, graded):
-    expected, got, _, _ = graded
-    assert got[name] == expected[name]
+    expected, got, _ = graded
+    assert results(got, name) == expected[name]
 
 
-@pytest.mark.parametrize("name", TRICKS)
-def test_no_trick_turns_a_wrong_answer_into_a_pass(name, graded):
-    expected, got, _, _ = graded
-    tricked = {ex for ex, result in expected[name].items() if result != "passed"}
-    assert tricked and all(got[name][ex] != "passed" for ex in tricked)
+@pytest.mark.parametrize(("name", "exercise", "trick"), TRICKS, ids=[t for _, _, t in TRICKS])
+def test_no_trick_turns_a_wrong_answer_into_a_pass(name, exercise, trick, graded):
+    expected, got, _ = graded
+    assert results(got, name) == expected[name]
+    assert expected[name][exercise] != "passed" and results(got, name)[exercise] != "passed"
 
 
 def test_the_details_say_what_happened(graded):
-    _, _, details, text = graded
-    assert "expected (589824, 12288)" in details["wrong.ipynb", "1.1 param_counts"]
-    assert "ZeroDivisionError" in details["wrong.ipynb", "1.2 best_rank_r"]
-    assert details["hanging.ipynb", "(notebook)"] == "the cell of exercise 1.2 best_rank_r still running after 20 s"
-    assert details["hanging.ipynb", "1.3 rank_for_energy"].startswith("not run")
-    assert "symbolic link" in details["trick_symlink.ipynb", "(notebook)"]
-    assert "wrong type: expected a torch.Tensor" in details["trick_frame.ipynb", "1.2 best_rank_r"]
-    assert "FileNotFoundError" in details["trick_solution_from_disk.ipynb", "1.1 param_counts"]
-    assert "check cell of 1.1 changed or removed" in details["trick_print_check.ipynb", "(notebook)"]
-    assert "graded anyway: failed" in details["duplicated.ipynb", "1.1 param_counts"]
-    assert "graded anyway: passed" in details["renamed.ipynb", "1.3 rank_for_energy"]
-    assert "12 added cells not run" in details["many_short_cells.ipynb", "(notebook)"]
-    assert details["loud.ipynb", "(notebook)"].startswith("printed 19.1 MB; the first 1.0 MB kept")
-    assert "\n'=SUM(1+2).ipynb," in text
+    _, got, text = graded
+    assert "expected (589824, 12288)" in detail(got, "wrong.ipynb", "1.1 param_counts")
+    assert "ZeroDivisionError" in detail(got, "wrong.ipynb", "1.2 best_rank_r")
+    assert detail(got, "hanging.ipynb", "(notebook)") == "the cell of exercise 1.2 best_rank_r still running after 20 s"
+    assert detail(got, "hanging.ipynb", "1.3 rank_for_energy").startswith("not run")
+    assert "symbolic link" in detail(got, "trick_symlink.ipynb", "(notebook)")
+    assert "wrong type: expected a torch.Tensor" in detail(got, "trick_kernel.ipynb", "1.2 best_rank_r")
+    assert "FileNotFoundError" in detail(got, "trick_solution_from_disk.ipynb", "1.1 param_counts")
+    assert "check cell of 1.1 changed or removed; check cell of 1.2 changed or removed; check cell of 1.3 changed" in (
+        detail(got, "trick_check_cells.ipynb", "(notebook)")
+    )
+    honest = "honest.ipynb"
+    assert "graded anyway: failed" in detail(got, honest, "1.1 param_counts")
+    assert detail(got, honest, "1.2 best_rank_r") == "no cell starts with '# Exercise 1.2: best_rank_r'"
+    assert "graded anyway: passed" in detail(got, honest, "1.3 rank_for_energy")
+    assert "12 added cells not run" in detail(got, honest, "(notebook)")
+    assert "printed 19.1 MB; the first 1.0 MB kept" in detail(got, honest, "(notebook)")
+    assert "\n'=SUM(1+2).ipynb," in text and "'=SUM(1+2).ipynb" in got
