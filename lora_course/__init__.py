@@ -8,7 +8,12 @@ package holds the course around it:
     gpt.py         the tiny GPT-2-style model that lesson 09 adapts (and load_pretrained)
     tasks.py       its procedural corpus and downstream tasks
     pretrain.py    python -m lora_course.pretrain: rebuilds data/tiny_gpt.pt (make data)
-    checkers/      the exercise checkers, one module per lesson
+    checkers/      the exercise checkers, one module per lesson: a probe (runs the learner's answer) and a
+                   judge (compares with lora_basics) per exercise
     exercises.py   python -m lora_course.exercises: student copies from the instructor notebooks
-    grader.py      python -m lora_course.grader: grades a class's notebooks (make grade)
+    handout.py     python -m lora_course.handout: the student hand-out zip, without solutions (make handout)
+    grader.py      python -m lora_course.grader: grades a class's notebooks (make grade), with
+    submission.py    what to grade in a notebook, held against the hand-out,
+    sandbox.py       one isolated, time-limited run per notebook,
+    runner.py        what runs inside that run: the learner's exercise cells and the probes
 """

@@ -50,7 +50,7 @@ import torch
 from . import checkers
 from .exercises import EXERCISES_DIR
 from .runner import FINISHED
-from .sandbox import OUTPUT_CAP, Run, Snapshot
+from .sandbox import OUTPUT_CAP, Run, Snapshot, check_user
 from .sandbox import run as run_in_sandbox
 from .submission import Invalid, Match, Plan, find_lesson, load_handout, plan, read_notebook
 
@@ -93,11 +93,19 @@ class Grader:
         seed: int | None = None,
         threads: int = 1,
         output_cap: int = OUTPUT_CAP,
+        user: str | None = None,
     ):
+        if user is not None and os.geteuid() != 0:
+            raise ValueError(f"user={user!r}: running learners' code as another user needs the grader to run as root")
+        if user is not None:
+            try:
+                check_user(user)  # now, not in every run
+            except (KeyError, OSError) as error:
+                raise ValueError(f"user={user!r}: {error}") from None
         checkers.prepare()
         self.snapshot = Snapshot.take()
         self.handout = load_handout(handout)
-        self.timeout, self.threads, self.output_cap = timeout, threads, output_cap
+        self.timeout, self.threads, self.output_cap, self.user = timeout, threads, output_cap, user
         self.seed = secrets.randbelow(2**31) if seed is None else seed
         self._judging = threading.Lock()  # judges seed torch's global RNG: one at a time
 
@@ -129,6 +137,7 @@ class Grader:
             self.timeout,
             self.threads,
             self.output_cap,
+            self.user,
         )
         rows += self._notebook_rows(name, laid_out, run)
         for match in laid_out.matches:
@@ -355,13 +364,22 @@ def main(argv: list[str] | None = None) -> int:
         help="folder of the student copies handed out (default: this course's)",
     )
     parser.add_argument("--seed", type=int, default=None, help="seed of the checks' inputs (default: a random one)")
+    parser.add_argument(
+        "--user",
+        default=None,
+        help="run learners' code as this unprivileged user, e.g. nobody (the grader runs as root)",
+    )
     args = parser.parse_args(argv)
     paths = expand(args.paths)
     if not paths:
         print(f"no notebooks found in {args.paths}", file=sys.stderr)
         return 2
     threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
-    grader = Grader(args.handout, timeout=args.timeout, seed=args.seed, threads=threads)
+    try:
+        grader = Grader(args.handout, timeout=args.timeout, seed=args.seed, threads=threads, user=args.user)
+    except ValueError as error:
+        print(f"grader: {error}", file=sys.stderr)
+        return 2
     print(f"grading {len(paths)} notebooks with seed {grader.seed} (--seed {grader.seed} repeats it)", file=sys.stderr)
     report = CsvReport(args.csv)
     try:

@@ -6,7 +6,7 @@
 notebook's order, each exercise followed by a *probe* step where its check cell was. The runner executes the
 cells in one IPython shell (magics work, as in a notebook) and, at each probe step, runs the exercise's probe
 (:mod:`lora_course.checkers`) on the learner's function; what the probe records goes to
-``JOB_DIR/results/<exercise>.pt`` (``torch.save`` of plain data). Progress goes to ``JOB_DIR/events.jsonl``,
+``JOB_DIR/results/<exercise>.pt`` (``torch.save`` of plain data). Progress goes to ``JOB_DIR/results/events.jsonl``,
 one line per event, so that the grader can tell which step was running if the process is stopped.
 
 Nothing here decides a grade: the grader's judge reads the results in its own process. Learner code runs in
@@ -60,7 +60,7 @@ def main(job_dir: str) -> int:
     job_dir = Path(job_dir)
     job = json.loads((job_dir / "job.json").read_text(encoding="utf-8"))
     results = job_dir / "results"
-    events = Events(job_dir / "events.jsonl")
+    events = Events(results / "events.jsonl")
     os.chdir(job["cwd"])
 
     import torch

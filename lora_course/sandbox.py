@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import select
 import shutil
 import signal
@@ -131,7 +132,23 @@ def _environment(home: Path, threads: int) -> dict[str, str]:
 def site_packages() -> list[str]:
     """Where this interpreter's third-party packages live (torch, IPython): the only outside paths a run sees."""
     paths = [*site.getsitepackages(), site.getusersitepackages()]
+    paths += [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages")]
     return [p for p in dict.fromkeys(paths) if Path(p).is_dir()]
+
+
+def check_user(user: str) -> None:
+    """Fail now, with the reason, if this interpreter cannot run learners' code as ``user``."""
+    account = pwd.getpwnam(user)
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", "pass"],
+        user=account.pw_uid,
+        group=account.pw_gid,
+        extra_groups=[],
+        cwd="/",
+        capture_output=True,
+    )
+    if done.returncode != 0:
+        raise ValueError(f"{user} cannot run {sys.executable}: {done.stderr.decode(errors='replace').strip()}")
 
 
 def run(
@@ -143,14 +160,27 @@ def run(
     timeout: float,
     threads: int = 1,
     output_cap: int = OUTPUT_CAP,
+    user: str | None = None,
 ) -> Run:
-    """Run ``steps`` (see :mod:`lora_course.runner`) for one submission in a fresh temporary folder."""
+    """Run ``steps`` (see :mod:`lora_course.runner`) for one submission in a fresh temporary folder.
+
+    ``user``: run the learner's process as this (unprivileged) user; the grader must run as root. That user
+    can write only the run's ``work``, ``home`` and ``results`` folders, not the copy of the course, not the
+    grader's files, and cannot reach the grader's process.
+    """
     root = Path(tempfile.mkdtemp(prefix="lora-grade-"))
     try:
         site_dir, work, home, results = root / "site", root / "work", root / "home", root / "results"
         for folder in (work, home, results):
             folder.mkdir()
         snapshot.write(site_dir)
+        identity = {}
+        if user is not None:
+            account = pwd.getpwnam(user)
+            identity = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+            root.chmod(0o711)  # that user may pass through, not list or write
+            for folder in (work, home, results):
+                os.chown(folder, account.pw_uid, account.pw_gid)
         (work / notebook_name).write_bytes(notebook_bytes)
         job = {"steps": steps, "seed": seed, "cwd": str(work)}
         (root / "job.json").write_text(json.dumps(job), encoding="utf-8")
@@ -172,6 +202,7 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: killed as a whole, children included
+            **identity,
         )
         drain = _Drain(process.stdout.fileno(), output_cap)
         drain.start()
@@ -188,7 +219,7 @@ def run(
         drain.join()
         process.stdout.close()
         return Run(
-            events=_read_events(root / "events.jsonl"),
+            events=_read_events(results / "events.jsonl"),
             results=_read_results(results),
             output=bytes(drain.kept),
             output_bytes=drain.total,

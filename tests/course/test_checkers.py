@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import re
 
 import nbformat
 import pytest
@@ -48,6 +49,13 @@ def test_reference_solutions_pass_their_checks(path):
     nb = nbformat.read(path, as_version=4)
     assert out.count("✓") == len(exercises.find_exercises(nb))
     assert "✗" not in out
+
+
+def test_the_exercise_texts_never_scale_an_update_that_already_holds_the_scale():
+    # Delta W (delta_weight(), conv_delta) is s * B @ A in the checkers: a text writing "s * Delta" scales twice.
+    for path in SOLUTIONS:
+        text = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "markdown")
+        assert not re.search(r"s\s*(\\cdot|\\,)?\s*\\Delta", text), path.name
 
 
 def test_every_checker_is_used_by_a_solution_notebook_and_registered():

@@ -233,11 +233,36 @@ def test_what_one_run_writes_into_the_course_does_not_reach_the_next(snapshot):
     assert hashlib.sha256(common.read_bytes()).hexdigest() == before
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files")
-def test_the_copy_of_the_course_is_read_only(snapshot):
-    write = "import lora_course.checkers.common as c\ntry:\n    open(c.__file__, 'a')\nexcept PermissionError:\n    print('read-only')"
-    run = sandbox.run(snapshot, "n.ipynb", b"{}", cells(write), 0, 60)
-    assert run.output.decode().strip().splitlines()[-1] == "read-only"
+def _runs_as(user: str) -> bool:
+    try:
+        sandbox.check_user(user)
+    except (KeyError, OSError, ValueError):
+        return False
+    return True
+
+
+#: Root ignores file modes: as root, the learner's code runs as this user, or the test cannot be made.
+AS_USER = None if os.geteuid() != 0 else "nobody" if _runs_as("nobody") else False
+
+
+@pytest.mark.skipif(AS_USER is False, reason="root, and this interpreter cannot be run as nobody")
+def test_the_learners_code_can_write_neither_its_copy_of_the_course_nor_the_checkout(snapshot):
+    write = textwrap.dedent(
+        f"""
+        import lora_course.checkers.common as common
+        for path in (common.__file__, {str(ROOT / "lora_course" / "checkers" / "common.py")!r}):
+            try:
+                open(path, "a").close()
+                print("wrote", path)
+            except PermissionError:
+                print("refused")
+        """
+    )
+    run = sandbox.run(snapshot, "n.ipynb", b"{}", cells(write), 0, 60, user=AS_USER)
+    copy, checkout = run.output.decode().strip().splitlines()[-2:]
+    assert copy == "refused"
+    if AS_USER:  # as the grader's own user, the learner's code could write the checkout: the guide says so
+        assert checkout == "refused"
 
 
 # -- a class ---------------------------------------------------------------------------------------
