@@ -286,17 +286,23 @@ def grade(
     time), so threads are enough. The rows come back in the order of ``paths``.
     """
     results: dict[int, list[Row]] = {}
+
+    def timed(path: Path) -> tuple[list[Row], float]:
+        start = time.monotonic()
+        return grader.grade_file(path, _display_name(path)), time.monotonic() - start
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         started = time.monotonic()
-        futures = {pool.submit(grader.grade_file, path, _display_name(path)): i for i, path in enumerate(paths)}
+        futures = {pool.submit(timed, path): i for i, path in enumerate(paths)}
         for done, future in enumerate(as_completed(futures), 1):
             index = futures[future]
-            results[index] = future.result()
+            results[index], seconds = future.result()
             if on_rows:
                 on_rows(results[index])
             if progress:
                 elapsed = time.monotonic() - started
-                print(f"[{done}/{len(paths)}] graded {paths[index]} ({elapsed:.0f} s)", file=sys.stderr, flush=True)
+                line = f"[{done}/{len(paths)}] graded {paths[index]} in {seconds:.1f} s ({elapsed:.0f} s in all)"
+                print(line, file=sys.stderr, flush=True)
     return [row for index in sorted(results) for row in results[index]]
 
 
