@@ -141,6 +141,14 @@ def call(fn: Any, *args: Any, **kwargs: Any) -> Outcome:
         return Outcome(error=describe_error(error))
 
 
+def call_watched(watch: Watch, fn: Any, *args: Any, **kwargs: Any) -> tuple[Outcome, dict]:
+    """Call the learner's ``fn`` (no gradients) while ``watch`` looks on: the outcome, and its record with what
+    the watch saw under ``"watch"``."""
+    with torch.no_grad(), watch:
+        outcome = call(fn, *args, **kwargs)
+    return outcome, {**outcome.record(), "watch": watch.record()}
+
+
 def peek(get: Callable[[], Any]) -> dict:
     """Read an attribute of the learner's object (it may be a property that raises): a record like :meth:`Outcome.record`."""
     return call(get).record()

@@ -13,6 +13,7 @@ import lora_basics as lora
 from .common import (
     Watch,
     call,
+    call_watched,
     describe,
     expect_equal,
     expect_low_rank,
@@ -51,9 +52,8 @@ def probe_lora_forward(fn, seed: int) -> dict:
     cases = []
     for case in range(len(FORWARD_CASES)):
         v = _forward_inputs(seed, case)
-        with torch.no_grad(), Watch(A=[v["A"]], B=[v["B"]], x=[v["x"]]) as watch:
-            outcome = call(fn, v["x"], v["W"], v["b"], v["A"], v["B"], v["scaling"])
-        cases.append({**outcome.record(), "watch": watch.record()})
+        watch = Watch(A=[v["A"]], B=[v["B"]], x=[v["x"]])
+        cases.append(call_watched(watch, fn, v["x"], v["W"], v["b"], v["A"], v["B"], v["scaling"])[1])
     return {"cases": cases}
 
 

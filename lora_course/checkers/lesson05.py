@@ -10,6 +10,7 @@ import lora_basics as lora
 from .common import (
     Watch,
     call,
+    call_watched,
     expect_low_rank,
     expect_no_shortcut,
     expect_shapes,
@@ -118,9 +119,8 @@ def probe_merged_forward(fn, seed: int) -> dict:
     for case in range(len(FORWARD_CASES)):
         layer, x = _merged_layer(seed, case)
         methods = [(lora.MergedLinear, name) for name in ("forward", "delta_weight", "full_lora_B")]
-        with torch.no_grad(), Watch(A=[layer.lora_A], B=[layer.lora_B], x=[x], methods=methods) as watch:
-            outcome = call(fn, x, layer)
-        cases.append({**outcome.record(), "watch": watch.record()})
+        watch = Watch(A=[layer.lora_A], B=[layer.lora_B], x=[x], methods=methods)
+        cases.append(call_watched(watch, fn, x, layer)[1])
     return {"cases": cases}
 
 

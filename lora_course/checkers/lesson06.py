@@ -9,6 +9,7 @@ import lora_basics as lora
 from .common import (
     Watch,
     call,
+    call_watched,
     expect_equal,
     expect_low_rank,
     expect_no_shortcut,
@@ -89,12 +90,8 @@ def probe_embedding_forward(fn, seed: int) -> dict:
     cases = []
     for case in range(len(FORWARD_CASES)):
         layer, ids = _forward_inputs(seed, case)
-        with (
-            torch.no_grad(),
-            Watch(A=[layer.lora_A], B=[layer.lora_B], x=[ids], methods=[(lora.Embedding, "forward")]) as w,
-        ):
-            outcome = call(fn, ids, layer)
-        cases.append({**outcome.record(), "watch": w.record()})
+        watch = Watch(A=[layer.lora_A], B=[layer.lora_B], x=[ids], methods=[(lora.Embedding, "forward")])
+        cases.append(call_watched(watch, fn, ids, layer)[1])
     return {"cases": cases}
 
 

@@ -9,6 +9,7 @@ import lora_basics as lora
 from .common import (
     Watch,
     call,
+    call_watched,
     expect_no_shortcut,
     expect_shapes,
     expect_tensor,
@@ -119,9 +120,7 @@ def probe_conv_forward(fn, seed: int) -> dict:
     cases = []
     for case in range(len(FORWARD_CASES)):
         layer, x = _forward_inputs(seed, case)
-        with torch.no_grad(), Watch(methods=[(lora.Conv2d, "forward")]) as watch:
-            outcome = call(fn, x, layer)
-        cases.append({**outcome.record(), "watch": watch.record()})
+        cases.append(call_watched(Watch(methods=[(lora.Conv2d, "forward")]), fn, x, layer)[1])
     return {"cases": cases}
 
 

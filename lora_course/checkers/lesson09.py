@@ -16,6 +16,7 @@ from ..gpt import CHECKPOINT, GPT, GPTConfig, load_pretrained
 from .common import (
     Watch,
     call,
+    call_watched,
     expect_equal,
     expect_no_shortcut,
     expect_tensor,
@@ -120,9 +121,7 @@ def _probe_inject_case(fn, seed: int, case: int) -> dict:
     r, alpha = QV_CASES[case]
     base = _pretrained()
     x = _tokens(base.config, seed, case)
-    with Watch(**INJECT_WATCH) as watch:
-        outcome = call(fn, base, r, alpha)
-    seen = {**outcome.record(), "watch": watch.record()}
+    outcome, seen = call_watched(Watch(**INJECT_WATCH), fn, base, r, alpha)
     got = outcome.value
     seen["module"] = outcome.ok and isinstance(got, nn.Module)
     if seen["module"]:
@@ -234,9 +233,7 @@ def _export_model(seed: int, case: int) -> tuple[nn.Module, torch.Tensor]:
 def _probe_export_case(fn, seed: int, case: int) -> dict:
     model, x = _export_model(seed, case)
     training = EXPORT_CASES[case][2] == "train"
-    with Watch(**EXPORT_WATCH) as watch:
-        outcome = call(fn, model)
-    seen = {**outcome.record(), "watch": watch.record()}
+    outcome, seen = call_watched(Watch(**EXPORT_WATCH), fn, model)
     got = outcome.value
     seen["module"] = outcome.ok and isinstance(got, nn.Module)
     if seen["module"]:
