@@ -236,7 +236,7 @@ class _Progress:
 
     def describe(self, step: int) -> str:
         if step < 0 or step >= len(self.steps):
-            return "the start"
+            return "the start-up (before the first cell)"
         s = self.steps[step]
         if s["kind"] == "probe":
             return f"the check of exercise {s['label']}"
@@ -245,7 +245,7 @@ class _Progress:
     def running(self) -> str:
         """The step that had started and not finished, or the start-up."""
         open_steps = [step for step in self.events if self.started(step) and not self.done(step)]
-        return self.describe(max(open_steps)) if open_steps else "the start"
+        return self.describe(max(open_steps) if open_steps else -1)
 
 
 # -- a class: many notebooks, one report -----------------------------------------------------------

@@ -267,6 +267,18 @@ def test_the_learners_code_can_write_neither_its_copy_of_the_course_nor_the_chec
 
 # -- a class ---------------------------------------------------------------------------------------
 
+
+def test_a_correct_submission_of_every_lesson_is_graded_all_passed(tmp_path):
+    paths = []
+    for path in sorted(exercises.SOLUTIONS_DIR.glob("[0-9]*.ipynb")):
+        paths.append(tmp_path / f"learner_{path.name}")
+        nbformat.write(solved_copy(nbformat.read(path, as_version=4)), paths[-1])
+    rows = grader.grade(paths, grader.Grader(timeout=120, seed=11), jobs=2, progress=False)
+    assert [row for row in rows if row.result != "passed"] == []
+    handout = submission.load_handout(exercises.EXERCISES_DIR)
+    assert len(rows) == sum(len(lesson.exercises) for lesson in handout.values()) == 26
+
+
 WRONG_1_1 = "# Exercise 1.1: param_counts\ndef param_counts(d, k, r):\n    return d * k, r * d * k\n"
 WRONG_1_2 = "# Exercise 1.2: best_rank_r\ndef best_rank_r(M, r):\n    return M / 0 if r < 0 else 1 / (r - r)\n"
 WRONG_1_3 = textwrap.dedent(
