@@ -9,7 +9,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # Instructor notebooks of the classroom exercises (solutions filled in): checked by nbval too.
 SOLUTIONS := $(sort $(wildcard notebooks/exercises/solutions/[0-9]*.ipynb))
 
-.PHONY: help lab test lint unit nbval notebooks bench format clean exercises grade data
+.PHONY: help lab test lint unit nbval notebooks bench format clean exercises handout grade data
 
 help:
 	@echo "make lab        open JupyterLab on notebooks/ (creates .venv from requirements-lock.txt on first run)"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench      speed of the LoRA layers against torch, loralib and PEFT"
 	@echo "make format     ruff format + fixes (code and notebooks)"
 	@echo "make exercises  regenerate the student exercise notebooks from the solutions"
+	@echo "make handout    the student hand-out, handout.zip: lessons, student copies, what they need; no solutions"
 	@echo "make grade NOTEBOOKS=path/or/glob  grade learners' exercise notebooks (table + grades.csv)"
 	@echo "make data       rebuild data/tiny_gpt.pt (a few minutes; test: LORA_BASICS_REBUILD_DATA=1 make unit)"
 	@echo "make clean      remove .venv and caches"
@@ -61,10 +62,14 @@ format: $(BIN)/activate
 exercises: $(BIN)/activate
 	$(BIN)/python -m lora_course.exercises generate
 
-# make grade NOTEBOOKS=submissions/   (files, folders or globs)
+handout: $(BIN)/activate
+	$(BIN)/python -m lora_course.handout $(or $(HANDOUT),handout.zip)
+
+# make grade NOTEBOOKS=submissions/   (files, folders or globs; GRADE_JOBS=2 grades two notebooks at a time;
+# as root, GRADE_USER=nobody runs learners' code as that user: notebooks/exercises/README.md)
 grade: $(BIN)/activate
 	@test "$(origin NOTEBOOKS)" = "command line" || { echo "usage: make grade NOTEBOOKS=path/or/glob"; exit 2; }
-	$(BIN)/python -m lora_course.grader $(NOTEBOOKS) --csv $(or $(GRADE_CSV),grades.csv) --timeout $(or $(GRADE_TIMEOUT),300)
+	$(BIN)/python -m lora_course.grader $(NOTEBOOKS) --csv $(or $(GRADE_CSV),grades.csv) --timeout $(or $(GRADE_TIMEOUT),300) --jobs $(or $(GRADE_JOBS),1) $(if $(GRADE_USER),--user $(GRADE_USER),)
 
 data: $(BIN)/activate
 	$(BIN)/python -m lora_course.pretrain

@@ -11,7 +11,12 @@ package holds the course around it:
     hf.py          the tiny GPT as a Hugging Face GPT2LMHeadModel (lesson 12)
     memory.py      GPU memory of full fine-tuning, LoRA and QLoRA, per parameter (lessons 11, 14)
     distributed.py torchrun -m lora_course.distributed: LoRA under DDP, checked against one process (lesson 14)
-    checkers/      the exercise checkers, one module per lesson
+    checkers/      the exercise checkers, one module per lesson: a probe (runs the learner's answer) and a
+                   judge (compares with lora_basics) per exercise
     exercises.py   python -m lora_course.exercises: student copies from the instructor notebooks
-    grader.py      python -m lora_course.grader: grades a class's notebooks (make grade)
+    handout.py     python -m lora_course.handout: the student hand-out zip, without solutions (make handout)
+    grader.py      python -m lora_course.grader: grades a class's notebooks (make grade), with
+    submission.py    what to grade in a notebook, held against the hand-out,
+    sandbox.py       one isolated, time-limited run per notebook,
+    runner.py        what runs inside that run: the learner's exercise cells and the probes
 """

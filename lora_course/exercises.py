@@ -1,7 +1,7 @@
 """Classroom exercises: the student copies, generated from the instructor notebooks.
 
     python -m lora_course.exercises generate            write notebooks/exercises/NN_*.ipynb   (make exercises)
-    python -m lora_course.exercises generate --check    exit 1 if a committed student copy is stale (CI)
+    python -m lora_course.exercises generate --check    exit 1 if a student copy is stale or nbgrader marks are missing
 
 Grading a class is :mod:`lora_course.grader`.
 
@@ -11,6 +11,13 @@ more blocks between ``# BEGIN SOLUTION`` and ``# END SOLUTION``; the next code c
 ``check_...`` function of :mod:`lora_course.checkers` is its *check cell*. ``generate`` copies each
 instructor notebook to ``notebooks/exercises/NN_<name>.ipynb`` with every block replaced by
 ``raise NotImplementedError("exercise N.M: <name>")`` (same indentation) and all outputs cleared.
+
+**nbgrader can use them too.** ``generate`` first marks the instructor notebooks' code cells the way nbgrader
+reads them (:func:`nbgrader_marks`): exercise cells are autograded answers (nbgrader replaces the same
+``BEGIN SOLUTION`` / ``END SOLUTION`` regions), check cells autograder tests worth one point, every other code
+cell read-only. An instructor on JupyterHub can then run ``nbgrader generate_assignment`` and ``nbgrader
+autograde`` on them. (nbgrader's autograde trusts the check cells' outcome in the learner's kernel, as the check
+cells do; ``make grade`` does not: notebooks/exercises/README.md.)
 
 **Student copies run top to bottom, failing only where expected.** Every exercise is a function or
 class, so an exercise cell with its stub runs fine (it only defines the function) and the check cell
@@ -130,6 +137,50 @@ def student_copy(nb, lesson: str | None = None):
     return student
 
 
+NBGRADER_SCHEMA = 3
+
+
+def nbgrader_marks(nb) -> dict[int, dict]:
+    """nbgrader's metadata for each code cell of instructor notebook ``nb``, by cell index.
+
+    Exercise cells are autograded answers (``solution``), check cells autograder tests worth one point
+    (``grade``, read-only), every other code cell read-only; ``grade_id`` names each cell uniquely.
+    """
+    exercises = find_exercises(nb)
+    answers = {ex.cell: ex for ex in exercises}
+    checks = {ex.check_cell: ex for ex in exercises}
+    marks = {}
+    for index, cell in enumerate(nb.cells):
+        if cell.cell_type != "code":
+            continue
+        mark = {"schema_version": NBGRADER_SCHEMA, "task": False, "grade": False, "locked": True, "solution": False}
+        if index in answers:
+            mark.update(grade_id=answers[index].name, locked=False, solution=True)
+        elif index in checks:
+            mark.update(grade_id=f"check_{checks[index].name}", grade=True, points=1)
+        else:
+            mark.update(grade_id=f"cell_{index + 1}")
+        marks[index] = mark
+    return marks
+
+
+def mark_for_nbgrader(solutions_dir: Path = SOLUTIONS_DIR, check: bool = False) -> list[str]:
+    """Give every instructor notebook its :func:`nbgrader_marks` (or, with ``check``, list those that lack them)."""
+    import nbformat
+
+    report = []
+    for path in sorted(solutions_dir.glob("[0-9]*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        marks = nbgrader_marks(nb)
+        if any(nb.cells[i].metadata.get("nbgrader") != mark for i, mark in marks.items()):
+            report.append(f"{'not marked for nbgrader' if check else 'marked for nbgrader'}: solutions/{path.name}")
+            if not check:
+                for index, mark in marks.items():
+                    nb.cells[index].metadata["nbgrader"] = mark
+                nbformat.write(nb, path)
+    return report
+
+
 def generate(solutions_dir: Path = SOLUTIONS_DIR, out_dir: Path = EXERCISES_DIR, check: bool = False) -> list[str]:
     """Write (or with ``check``, only compare) the student copy of every instructor notebook.
 
@@ -163,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     gen = commands.add_parser("generate", help="write the student copies from notebooks/exercises/solutions/")
     gen.add_argument("--check", action="store_true", help="only compare; exit 1 if a student copy is stale")
     args = parser.parse_args(argv)
-    report = generate(check=args.check)
+    report = mark_for_nbgrader(check=args.check) + generate(check=args.check)
     print("\n".join(report) if report else "student copies are up to date")
     if args.check and report:
         print("student copies differ from notebooks/exercises/solutions/: run `make exercises`")

@@ -1,18 +1,30 @@
-"""Grading a class: run each learner's exercise notebook in a fresh kernel and report every exercise.
+"""Grading a class: every exercise of every learner's notebook gets a verdict that the learner's code cannot fake.
 
-    python -m lora_course.grader PATHS... [--csv out.csv] [--timeout S] [--jobs N]   (make grade NOTEBOOKS=...)
+    python -m lora_course.grader PATHS... [--csv grades.csv] [--timeout S] [--jobs N] [--handout DIR] [--seed N]
+    (make grade NOTEBOOKS=...)
 
-``grade`` runs each notebook in a fresh kernel (in the notebook's folder) with a time limit for the whole
-notebook, never stopping at errors, and classifies each exercise from the outputs:
+How one notebook is graded:
 
-- ``passed``: the check cell printed its ``✓`` line;
-- ``failed``: the checker reported a wrong answer;
-- ``error``: the learner's code raised (in the exercise cell or inside the check), or timed out;
-- ``not attempted``: the stub's ``NotImplementedError`` is still there.
+1. **Read** it without running anything (:mod:`lora_course.submission`): a symbolic link, a file over 20 MB, an
+   instructor notebook (it holds solution markers) or a file that is not a notebook is ``invalid``.
+2. **Match** it against the hand-out (the student copies, ``notebooks/exercises/NN_*.ipynb``): only its exercise
+   cells are taken; the setup and check cells are the hand-out's (a changed one is reported, never run).
+3. **Run** the hand-out's setup cells and the learner's exercise cells in a fresh Python process
+   (:mod:`lora_course.sandbox`), in a temporary folder of its own with read-only copies of the library and the
+   checkers, with one time limit for the whole notebook and a cap on the output kept. Where each check cell
+   was, the exercise's *probe* calls the learner's function on inputs built from this run's seed and records
+   what came back (:mod:`lora_course.runner`).
+4. **Judge** here, in the grader's own process, with the instructor's ``lora_course.checkers`` and
+   ``lora_basics``: the recorded results are compared with the right answers. Nothing the learner's code
+   printed, patched or wrote in its process takes part in the verdict, except the results it returned.
 
-Notebook-level problems get a row of their own (exercise ``(notebook)``): ``timeout``, ``invalid``
-(not a readable notebook), ``error outside exercises`` (a setup cell raised), ``kernel died``. The
-grader never stops on a bad notebook; it prints one table and writes the same rows as CSV.
+Each exercise gets one row: ``passed``, ``failed`` (a wrong answer, of the wrong type, or a shortcut the task
+forbids), ``error`` (the learner's code raised, or did not run in time), ``not attempted`` (the stub is still
+there), or ``missing`` / ``duplicated`` / ``renamed`` (see :mod:`lora_course.submission`; the last two say
+what the graded cell got). Problems of a whole notebook get a row with exercise ``(notebook)``: ``invalid``,
+``cells restored``, ``timeout``, ``kernel died``, ``error outside exercises``, ``output truncated``. The CSV is
+written row by row as each notebook is graded (an interrupted run keeps what it graded) and is safe to open in
+a spreadsheet (a cell that starts like a formula is prefixed with ``'``).
 """
 
 from __future__ import annotations
@@ -20,16 +32,30 @@ from __future__ import annotations
 import argparse
 import csv
 import glob
+import io
+import os
 import re
-import subprocess
+import secrets
 import sys
+import threading
 import time
+import unicodedata
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
 
-from .exercises import Exercise, find_exercises
+import torch
+
+from . import checkers
+from .exercises import EXERCISES_DIR
+from .runner import FINISHED
+from .sandbox import OUTPUT_CAP, Run, Snapshot, check_user
+from .sandbox import run as run_in_sandbox
+from .submission import Invalid, Match, Plan, find_lesson, load_handout, plan, read_notebook
 
 PASSED, FAILED, ERROR, NOT_ATTEMPTED = "passed", "failed", "error", "not attempted"
+MISSING, DUPLICATED, RENAMED = "missing", "duplicated", "renamed"
 NOTEBOOK_ROW = "(notebook)"
 DETAIL_WIDTH = 100  # characters of the detail column in the printed table (the CSV keeps it whole)
 
@@ -42,101 +68,187 @@ class Row:
     detail: str = ""
 
 
-def _first_line(text: str, limit: int = 400) -> str:
-    line = re.sub(r"\x1b\[[0-9;]*m", "", str(text)).strip().split("\n", 1)[0]
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+def _text(value: object, limit: int = 400) -> str:
+    """One line of printable text: colour codes gone, control characters shown as ``?``, at most ``limit`` long."""
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", str(value))
+    text = "".join("?" if unicodedata.category(c) == "Cc" else c for c in text.strip().split("\n", 1)[0])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _errors(cell) -> list:
-    return [o for o in cell.get("outputs", []) if o.output_type == "error"]
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.0f} kB"
 
 
-def _stdout(cell) -> str:
-    return "".join(o.get("text", "") for o in cell.get("outputs", []) if o.output_type == "stream")
+class Grader:
+    """Grades notebooks against one hand-out, with one seed for the whole run (``seed=None``: a random one).
 
+    Made once per grading run: it reads the checkers' data, the hand-out and the snapshot of the code that
+    every learner's process gets, before any learner code runs.
+    """
 
-def classify(nb, ex: Exercise) -> tuple[str, str]:
-    """``(result, detail)`` of exercise ``ex`` in the executed notebook ``nb``."""
-    for error in _errors(nb.cells[ex.cell]):
-        if error.ename == "NotImplementedError":
-            return NOT_ATTEMPTED, ""
-        return ERROR, _first_line(f"{error.ename}: {error.evalue}")
-    if ex.check_cell is None:
-        return ERROR, "check cell missing"
-    check = nb.cells[ex.check_cell]
-    for error in _errors(check):
-        message = re.sub(r"^✗ \w+: (wrong answer: |your code raised: )?", "", _first_line(error.evalue))
-        if error.ename == "ExerciseFailed":
-            if "not implemented yet" in error.evalue:
-                return NOT_ATTEMPTED, ""
-            if "your code raised" in error.evalue:
-                return ERROR, message
-            return FAILED, message
-        if error.ename == "NotImplementedError":
-            return NOT_ATTEMPTED, ""
-        return ERROR, _first_line(f"{error.ename}: {error.evalue}")
-    if "✓" in _stdout(check):
+    def __init__(
+        self,
+        handout: Path = EXERCISES_DIR,
+        timeout: float = 300,
+        seed: int | None = None,
+        threads: int = 1,
+        output_cap: int = OUTPUT_CAP,
+        user: str | None = None,
+    ):
+        if user is not None and os.geteuid() != 0:
+            raise ValueError(f"user={user!r}: running learners' code as another user needs the grader to run as root")
+        if user is not None:
+            try:
+                check_user(user)  # now, not in every run
+            except (KeyError, OSError) as error:
+                raise ValueError(f"user={user!r}: {error}") from None
+        checkers.prepare()
+        self.snapshot = Snapshot.take()
+        self.handout = load_handout(handout)
+        self.timeout, self.threads, self.output_cap, self.user = timeout, threads, output_cap, user
+        self.seed = secrets.randbelow(2**31) if seed is None else seed
+        self._judging = threading.Lock()  # judges seed torch's global RNG: one at a time
+
+    def grade_file(self, path: Path, name: str | None = None) -> list[Row]:
+        """Grade ``path``; a broken notebook (or a bug here) gives rows, never an exception."""
+        name = _text(name or path)
+        try:
+            return self.grade_notebook(Path(path), name)
+        except Exception as error:  # noqa: BLE001 - the grader itself must not stop the run either
+            return [Row(name, NOTEBOOK_ROW, ERROR, _text(f"grader: {type(error).__name__}: {error}"))]
+
+    def grade_notebook(self, path: Path, name: str) -> list[Row]:
+        try:
+            nb, data = read_notebook(path)
+            lesson = find_lesson(nb, path, self.handout)
+        except Invalid as problem:
+            return [Row(name, NOTEBOOK_ROW, "invalid", _text(problem))]
+        laid_out = plan(nb, lesson)
+        rows = []
+        if laid_out.changes:
+            detail = "; ".join(laid_out.changes) + " (graded with the hand-out's cells)"
+            rows.append(Row(name, NOTEBOOK_ROW, "cells restored", _text(detail)))
+        run = run_in_sandbox(
+            self.snapshot,
+            re.sub(r"[^\w.-]", "_", path.name),
+            data,
+            laid_out.steps,
+            self.seed,
+            self.timeout,
+            self.threads,
+            self.output_cap,
+            self.user,
+        )
+        rows += self._notebook_rows(name, laid_out, run)
+        for match in laid_out.matches:
+            rows.append(Row(name, match.exercise.label, *(_text(v) for v in self._result(match, laid_out, run))))
+        return rows
+
+    # -- the rows ----------------------------------------------------------------------------------
+
+    def _notebook_rows(self, name: str, laid_out: Plan, run: Run) -> list[Row]:
+        rows = []
+        state = _Progress(run, laid_out.steps)
+        if run.timed_out:
+            rows.append(Row(name, NOTEBOOK_ROW, "timeout", f"{state.running()} still running after {self.timeout:g} s"))
+        elif not state.finished:
+            tail = _text(run.output.decode("utf-8", "replace").strip().rsplit("\n", 1)[-1], 200)
+            detail = f"exit code {run.returncode} during {state.running()}" + (f": {tail}" if tail else "")
+            rows.append(Row(name, NOTEBOOK_ROW, "kernel died", _text(detail)))
+        if run.output_bytes > len(run.output):
+            detail = f"printed {_size(run.output_bytes)}; the first {_size(len(run.output))} kept"
+            rows.append(Row(name, NOTEBOOK_ROW, "output truncated", detail))
+        for number, step in enumerate(laid_out.steps):
+            error = state.error(number)
+            if step["kind"] == "cell" and step["exercise"] is None and error:
+                detail = f"setup cell {step['setup']}: {error['type']}: {error['message']}"
+                rows.append(Row(name, NOTEBOOK_ROW, "error outside exercises", _text(detail)))
+        return rows
+
+    def _result(self, match: Match, laid_out: Plan, run: Run) -> tuple[str, str]:
+        if match.status == MISSING:
+            return MISSING, match.detail
+        result, detail = self._verdict(match, laid_out, run)
+        if match.status in (DUPLICATED, RENAMED):
+            return match.status, f"{match.detail}; graded anyway: {result}" + (f": {detail}" if detail else "")
+        return result, detail
+
+    def _verdict(self, match: Match, laid_out: Plan, run: Run) -> tuple[str, str]:
+        label = match.exercise.label
+        state = _Progress(run, laid_out.steps)
+        cell = next(i for i, s in enumerate(laid_out.steps) if s["kind"] == "cell" and s["exercise"] == label)
+        probe = next(i for i, s in enumerate(laid_out.steps) if s["kind"] == "probe" and s["label"] == label)
+        if not state.done(probe):
+            if state.started(cell) and not state.done(cell) or state.started(probe):
+                return ERROR, f"stopped while running ({state.describe(probe if state.started(probe) else cell)})"
+            return ERROR, f"not run: the notebook stopped at {state.running()}"
+        error = state.error(cell)
+        if error and error["type"] not in ("NotImplementedError", "ExerciseFailed"):
+            line = f" at `{error['line']}`" if error.get("line") else ""
+            return ERROR, f"{error['type']}: {error['message']}{line} (in the exercise cell)"
+        checker_name, answer = laid_out.lesson.checks[label]
+        data = run.results.get(checker_name)
+        if data is None:
+            return ERROR, "the check recorded no results"
+        try:
+            record = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - whatever the learner's process wrote, it is not a pass
+            return ERROR, f"the check's results could not be read ({type(error).__name__})"
+        if isinstance(record, dict) and "undefined" in record:
+            return ERROR, f"the exercise cell does not define `{answer}` (the check calls it by that name)"
+        if isinstance(record, dict) and "probe_failed" in record:
+            return ERROR, f"the check could not run your code: {record['probe_failed']}"
+        exercise = checkers.EXERCISES[checker_name]
+        with self._judging:
+            try:
+                exercise.verdict(record, self.seed, source=laid_out.steps[cell]["source"])
+            except checkers.ExerciseFailed as failure:
+                if failure.status == NOT_ATTEMPTED:
+                    return NOT_ATTEMPTED, ""
+                message = _text(failure, 2000)
+                return failure.status, re.sub(r"^✗ \w+: (wrong answer: |your code raised: )?", "", message)
+            except Exception as error:  # noqa: BLE001 - results the judge cannot read are not a pass
+                return ERROR, f"the check's results could not be judged ({type(error).__name__}: {error})"
         return PASSED, ""
-    if check.get("execution_count") is None:
-        return ERROR, "check cell did not run"
-    return FAILED, "the check printed no ✓ (was the check cell changed?)"
 
 
-def grade_notebook(path: Path, timeout: float = 300, name: str | None = None) -> list[Row]:
-    """Execute ``path`` in a fresh kernel (at most ``timeout`` seconds in all) and grade its exercises."""
-    import nbformat
-    from nbclient import NotebookClient
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+class _Progress:
+    """How far a run got, from the runner's events: which steps started, finished, raised."""
 
-    name = name or str(path)
-    try:
-        nb = nbformat.read(path, as_version=4)
-        nbformat.validate(nb)
-    except Exception as error:  # noqa: BLE001 - whatever is wrong with the file, report it
-        return [Row(name, NOTEBOOK_ROW, "invalid", _first_line(f"not a notebook: {type(error).__name__}: {error}"))]
-    exercises = find_exercises(nb)
-    rows: list[Row] = []
-    started: list[int] = []
-    deadline = time.monotonic() + timeout
-    client = NotebookClient(
-        nb,
-        timeout=int(timeout),
-        timeout_func=lambda cell: max(1, round(deadline - time.monotonic())),
-        allow_errors=True,
-        kernel_name="python3",
-        record_timing=False,
-        resources={"metadata": {"path": str(path.resolve().parent)}},
-        on_cell_execute=lambda cell, cell_index: started.append(cell_index),
-    )
-    stopped_at = None  # index of the cell that was running when execution stopped early
-    try:
-        # The kernel's own stderr (e.g. its transport warnings) would clutter the table; cells' outputs are kept.
-        client.execute(stderr=subprocess.DEVNULL)
-    except CellTimeoutError:
-        stopped_at = started[-1] if started else 0
-        rows.append(Row(name, NOTEBOOK_ROW, "timeout", f"cell {stopped_at + 1} still running after {timeout:g} s"))
-    except DeadKernelError:
-        stopped_at = started[-1] if started else 0
-        rows.append(Row(name, NOTEBOOK_ROW, "kernel died", f"in cell {stopped_at + 1}"))
-    except Exception as error:  # noqa: BLE001 - a notebook must never crash the grading run
-        stopped_at = started[-1] if started else 0
-        rows.append(Row(name, NOTEBOOK_ROW, "error", _first_line(f"{type(error).__name__}: {error}")))
-    in_exercise = {index for ex in exercises for index in ex.cells}
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "code" and index not in in_exercise:
-            for error in _errors(cell):
-                detail = _first_line(f"cell {index + 1}: {error.ename}: {error.evalue}")
-                rows.append(Row(name, NOTEBOOK_ROW, "error outside exercises", detail))
-    if not exercises:
-        rows.append(Row(name, NOTEBOOK_ROW, "no exercises", "no cell starts with '# Exercise N.M: name'"))
-    for ex in exercises:
-        if stopped_at is not None and stopped_at in ex.cells:
-            rows.append(Row(name, ex.label, ERROR, f"stopped while running (cell {stopped_at + 1})"))
-        elif stopped_at is not None and min(ex.cells) > stopped_at:
-            rows.append(Row(name, ex.label, ERROR, f"not run: the notebook stopped at cell {stopped_at + 1}"))
-        else:
-            rows.append(Row(name, ex.label, *classify(nb, ex)))
-    return rows
+    def __init__(self, run: Run, steps: list[dict]):
+        self.steps = steps
+        self.events: dict[int, dict] = {}
+        self.finished = False
+        for event in run.events:
+            if event.get("event") == FINISHED:
+                self.finished = True
+            self.events.setdefault(event["step"], {})[event.get("event")] = event
+
+    def started(self, step: int) -> bool:
+        return "start" in self.events.get(step, {})
+
+    def done(self, step: int) -> bool:
+        return "done" in self.events.get(step, {})
+
+    def error(self, step: int) -> dict | None:
+        error = self.events.get(step, {}).get("done", {}).get("error")
+        return error if isinstance(error, dict) and {"type", "message"} <= set(error) else None
+
+    def describe(self, step: int) -> str:
+        if step < 0 or step >= len(self.steps):
+            return "the start-up (before the first cell)"
+        s = self.steps[step]
+        if s["kind"] == "probe":
+            return f"the check of exercise {s['label']}"
+        return f"the cell of exercise {s['exercise']}" if s["exercise"] else f"setup cell {s['setup']}"
+
+    def running(self) -> str:
+        """The step that had started and not finished, or the start-up."""
+        open_steps = [step for step in self.events if self.started(step) and not self.done(step)]
+        return self.describe(max(open_steps) if open_steps else -1)
+
+
+# -- a class: many notebooks, one report -----------------------------------------------------------
 
 
 def expand(paths: list[str]) -> list[Path]:
@@ -146,11 +258,52 @@ def expand(paths: list[str]) -> list[Path]:
         path = Path(item)
         if path.is_dir():
             found += sorted(p for p in path.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():
             found.append(path)
         else:
             found += [Path(p) for p in sorted(glob.glob(item, recursive=True))] or [path]
     return list(dict.fromkeys(found))
+
+
+def _display_name(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it, else as given."""
+    try:
+        return str(path.absolute().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def grade(
+    paths: list[Path],
+    grader: Grader,
+    jobs: int = 1,
+    progress: bool = True,
+    on_rows: Callable[[list[Row]], None] | None = None,
+) -> list[Row]:
+    """Grade every notebook in ``paths``, ``jobs`` at a time; ``on_rows`` gets each notebook's rows when they are ready.
+
+    Learner code runs in the sandboxed processes; this process only waits for them and judges (one judge at a
+    time), so threads are enough. The rows come back in the order of ``paths``.
+    """
+    results: dict[int, list[Row]] = {}
+
+    def timed(path: Path) -> tuple[list[Row], float]:
+        start = time.monotonic()
+        return grader.grade_file(path, _display_name(path)), time.monotonic() - start
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        started = time.monotonic()
+        futures = {pool.submit(timed, path): i for i, path in enumerate(paths)}
+        for done, future in enumerate(as_completed(futures), 1):
+            index = futures[future]
+            results[index], seconds = future.result()
+            if on_rows:
+                on_rows(results[index])
+            if progress:
+                elapsed = time.monotonic() - started
+                line = f"[{done}/{len(paths)}] graded {paths[index]} in {seconds:.1f} s ({elapsed:.0f} s in all)"
+                print(line, file=sys.stderr, flush=True)
+    return [row for index in sorted(results) for row in results[index]]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -176,52 +329,30 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def write_csv(rows: list[Row], path: Path) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([f.name for f in fields(Row)])
-        writer.writerows(astuple(row) for row in rows)
+#: A cell starting with one of these is a formula (or a DDE call) to a spreadsheet.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
-def _display_name(path: Path) -> str:
-    """``path`` relative to the working directory when it lies below it, else as given."""
-    try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
+def spreadsheet_safe(text: str) -> str:
+    """``text`` as a spreadsheet shows it, never runs it: a leading ``'`` when it would start a formula."""
+    return "'" + text if text.startswith(FORMULA_START) else text
 
 
-def _grade_one(path: Path, timeout: float) -> list[Row]:
-    name = _display_name(path)
-    if not path.is_file():
-        return [Row(name, NOTEBOOK_ROW, "invalid", "no such file")]
-    try:
-        return grade_notebook(path, timeout=timeout, name=name)
-    except Exception as error:  # noqa: BLE001 - the grader itself must not stop the run either
-        return [Row(name, NOTEBOOK_ROW, "error", _first_line(f"grader: {type(error).__name__}: {error}"))]
+class CsvReport:
+    """``grades.csv``, written row by row and flushed after each notebook."""
 
+    def __init__(self, path: Path):
+        self.handle = open(path, "w", newline="", encoding="utf-8")  # noqa: SIM115 - open for the whole run
+        self.writer = csv.writer(self.handle)
+        self.writer.writerow([f.name for f in fields(Row)])
+        self.handle.flush()
 
-def grade(paths: list[Path], timeout: float = 300, jobs: int = 1, progress: bool = True) -> list[Row]:
-    """Grade every notebook in ``paths`` (``jobs`` at a time); a broken notebook gives rows, never an exception."""
-    if jobs <= 1 or len(paths) <= 1:
-        rows: list[Row] = []
-        for i, path in enumerate(paths, 1):
-            if progress:
-                print(f"[{i}/{len(paths)}] grading {path} ...", file=sys.stderr, flush=True)
-            rows += _grade_one(path, timeout)
-        return rows
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    def write(self, rows: list[Row]) -> None:
+        self.writer.writerows([spreadsheet_safe(value) for value in astuple(row)] for row in rows)
+        self.handle.flush()
 
-    # "spawn": each worker starts clean (no state inherited from a parent that may hold torch threads).
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_grade_one, path, timeout) for path in paths]
-        results = []
-        for i, future in enumerate(futures, 1):
-            results.append(future.result())
-            if progress:
-                print(f"[{i}/{len(paths)}] graded {paths[i - 1]}", file=sys.stderr, flush=True)
-    return [row for rows in results for row in rows]
+    def close(self) -> None:
+        self.handle.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -232,14 +363,36 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--timeout", type=float, default=300, help="seconds one notebook may run in all (default 300)")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at the same time (default 1)")
+    parser.add_argument(
+        "--handout",
+        type=Path,
+        default=EXERCISES_DIR,
+        help="folder of the student copies handed out (default: this course's)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed of the checks' inputs (default: a random one)")
+    parser.add_argument(
+        "--user",
+        default=None,
+        help="run learners' code as this unprivileged user, e.g. nobody (the grader runs as root)",
+    )
     args = parser.parse_args(argv)
     paths = expand(args.paths)
     if not paths:
         print(f"no notebooks found in {args.paths}", file=sys.stderr)
         return 2
-    rows = grade(paths, timeout=args.timeout, jobs=args.jobs)
+    threads = max(1, (os.cpu_count() or 1) // max(1, args.jobs))
+    try:
+        grader = Grader(args.handout, timeout=args.timeout, seed=args.seed, threads=threads, user=args.user)
+    except ValueError as error:
+        print(f"grader: {error}", file=sys.stderr)
+        return 2
+    print(f"grading {len(paths)} notebooks with seed {grader.seed} (--seed {grader.seed} repeats it)", file=sys.stderr)
+    report = CsvReport(args.csv)
+    try:
+        rows = grade(paths, grader, jobs=args.jobs, on_rows=report.write)
+    finally:
+        report.close()
     print(format_table(rows))
-    write_csv(rows, args.csv)
     print(f"\nwrote {args.csv}")
     return 0
 

@@ -36,8 +36,8 @@ def setup(seed: int = 0) -> None:
 KERNEL = "python3"
 #: The only notebook-level metadata a committed notebook keeps (the rest changes from machine to machine).
 NOTEBOOK_METADATA = ("kernelspec", "language_info")
-#: The only cell-level metadata it keeps.
-CELL_METADATA = ("tags",)
+#: The only cell-level metadata it keeps: tags, and nbgrader's marks on the exercise notebooks' cells.
+CELL_METADATA = ("tags", "nbgrader")
 
 
 def clean(nb) -> None:

@@ -85,3 +85,40 @@ def randomized(model: nn.Module, seed: int = 0) -> nn.Module:
 
 def tokens() -> torch.Tensor:
     return torch.randint(0, SMALL.vocab_size, (3, 12), generator=torch.Generator().manual_seed(1))
+
+
+# -- the classroom exercises -----------------------------------------------------------------------
+
+
+def run_cells(path, namespace: dict | None = None) -> dict:
+    """Execute every code cell of notebook ``path`` in one namespace, in this process; return the namespace.
+
+    ``namespace["__stdout__"]`` holds what the cells printed.
+    """
+    import contextlib
+    import io
+
+    import nbformat
+
+    namespace = {"__name__": "__main__"} if namespace is None else namespace
+    nb = nbformat.read(path, as_version=4)
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                exec(compile(cell.source, str(path), "exec"), namespace)  # noqa: S102
+    namespace["__stdout__"] = out.getvalue()
+    return namespace
+
+
+def solved_copy(nb):
+    """What a learner who solved every exercise hands in: the instructor notebook without its markers and outputs."""
+    import copy
+
+    from lora_course.exercises import BEGIN, END
+
+    solved = copy.deepcopy(nb)
+    for cell in solved.cells:
+        if cell.cell_type == "code":
+            cell.source = "\n".join(line for line in cell.source.split("\n") if line.strip() not in (BEGIN, END))
+            cell.outputs, cell.execution_count = [], None
+    return solved

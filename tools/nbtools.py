@@ -5,8 +5,8 @@
 
 A committed notebook must be executed top to bottom in a fresh kernel (execution counts 1..N),
 hold no error output unless the cell is tagged ``raises-exception``, show no machine path, memory
-address or timing in a compared output, and keep no metadata beyond the kernelspec, language_info
-and cell tags. ``run`` produces exactly that; ``check`` (and the repository tests) enforce it.
+address or timing in a compared output, and keep no metadata beyond the kernelspec, language_info,
+cell tags and (exercise notebooks) nbgrader's cell marks. ``run`` produces exactly that; ``check`` (and the repository tests) enforce it.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def problems(path: Path) -> list[str]:
     for index, cell in enumerate(nb.cells):
         extra = set(cell.metadata) - set(CELL_METADATA)
         if extra:
-            found.append(f"cell {index} metadata has {sorted(extra)} beyond tags")
+            found.append(f"cell {index} metadata has {sorted(extra)} beyond {list(CELL_METADATA)}")
         tags = cell.metadata.get("tags", [])
         for output in cell.get("outputs", []):
             if output.output_type == "error" and "raises-exception" not in tags:

@@ -1,4 +1,4 @@
-"""Checkers for the classroom exercises in ``notebooks/exercises/``: immediate, specific feedback.
+"""Checkers for the classroom exercises in ``notebooks/exercises/``: immediate, specific feedback, and the grader's verdict.
 
 One module per lesson (``lesson02.py`` holds the checkers of ``02_lora_linear_from_scratch``), the shared
 machinery in ``common.py``. Each exercise cell defines a function (or class); the check cell right after it
@@ -7,20 +7,21 @@ calls one checker::
     from lora_course import checkers
     checkers.check_lora_forward(lora_forward)
 
-A checker runs the learner's code on several small cases and compares it with ``lora_basics`` (the
-reference). On success it prints one line starting with ``✓``. On failure it prints what was
-expected, what came back and a hint, and raises :class:`ExerciseFailed` (an ``AssertionError``)
-carrying the same message, so the notebook stops there and the grader (``python -m lora_course.grader``)
-can tell the outcome:
+Each check has two halves (``common.py`` says why): a *probe* runs the learner's code on inputs built from a
+seed and records what came back, a *judge* compares that with ``lora_basics`` (the reference). In a notebook
+both run at once: on success the check prints one line starting with ``✓``; on failure it prints what was
+expected, what came back and a hint, and raises :class:`ExerciseFailed` (an ``AssertionError``) carrying the
+same message, with a ``status``:
 
-- ``status = "not attempted"``: the learner's code still raises the stub's ``NotImplementedError``,
-- ``status = "error"``: the learner's code raised some other exception,
-- ``status = "failed"``: it ran but gave a wrong answer.
+- ``"not attempted"``: the learner's code still raises the stub's ``NotImplementedError``,
+- ``"error"``: the learner's code raised some other exception,
+- ``"failed"``: it ran but gave a wrong answer, of the wrong type, or took a shortcut the task forbids.
 
-The message's first line names the status, so it also survives in a saved notebook's error output.
+The grader (``python -m lora_course.grader``) runs the probe in the learner's sandboxed process and the judge
+in its own (``EXERCISES[name]``), so nothing printed or patched in a notebook decides a grade.
 """
 
-from .common import ExerciseFailed
+from .common import EXERCISES, ExerciseFailed
 from .lesson01 import check_best_rank_r, check_param_counts, check_rank_for_energy
 from .lesson02 import check_freeze_base, check_lora_forward, check_lora_linear_class
 from .lesson03 import check_budget, check_lora_grads, check_scaling
@@ -30,9 +31,18 @@ from .lesson06 import check_changed_tokens, check_embedding_forward, check_embed
 from .lesson07 import check_conv_delta, check_conv_forward, check_conv_shapes
 from .lesson08 import NaiveMergeLinear, check_export_linear, check_no_double_merge
 from .lesson09 import check_export_plain, check_inject_qv, check_lora_counts
+from .lesson09 import prepare as _prepare_lesson09
+
+
+def prepare() -> None:
+    """Read every file a judge needs now: the grader calls this before it runs any learner's code."""
+    _prepare_lesson09()
+
 
 __all__ = [
+    "EXERCISES",
     "ExerciseFailed",
+    "prepare",
     "check_param_counts",
     "check_best_rank_r",
     "check_rank_for_energy",

@@ -2,103 +2,209 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import nn
 
 import lora_basics as lora
 
 from .common import (
+    call,
     expect_equal,
     expect_tensor,
     fail,
-    keeps_rng,
+    generator,
+    manual_seed,
+    random_lora_state,
     randomize_lora,
-    run_learner,
-    say_passed,
+    recorded_cases,
+    register,
+    returned,
+    wrong_type,
 )
 
-# -- 04 loralib-style Linear -----------------------------------------------------------------------
+EX_FIFO, EX_STATE, EX_WRAP = "fifo_delta", "lora_state_dict", "wrap_linears"
+
+# -- 4.1 fifo_delta --------------------------------------------------------------------------------
+
+FIFO_CASES = [(6, False), (7, True), (8, True)]  # (in_features, fan_in_fan_out); out = 4, r = 2, alpha = 3
 
 
-@keeps_rng
-def check_fifo_delta(fn: Callable) -> None:
-    """``fn(lora_A, lora_B, scaling, fan_in_fan_out)``: the update in the layout of ``weight``."""
-    ex = "fifo_delta"
-    for seed, fifo in [(0, False), (1, True), (2, True)]:
-        torch.manual_seed(seed)
-        layer = randomize_lora(lora.Linear(6 + seed, 4, r=2, lora_alpha=3, fan_in_fan_out=fifo), seed=seed)
-        case = f"Linear({6 + seed}, 4, r=2, lora_alpha=3, fan_in_fan_out={fifo})"
+def _fifo_factors(seed: int, case: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = generator(seed, case)
+    i = FIFO_CASES[case][0]
+    return torch.randn(2, i, generator=g) * 0.3, torch.randn(4, 2, generator=g) * 0.3
+
+
+def probe_fifo_delta(fn, seed: int) -> dict:
+    cases = []
+    for case, (_, fifo) in enumerate(FIFO_CASES):
+        A, B = _fifo_factors(seed, case)
         with torch.no_grad():
-            got = run_learner(ex, fn, layer.lora_A, layer.lora_B, layer.scaling, fifo, case=case)
-            expected = layer.delta_weight()
+            cases.append(call(fn, A, B, 1.5, fifo).record())
+    return {"cases": cases}
+
+
+def judge_fifo_delta(record: dict, seed: int) -> str:
+    """``fn(lora_A, lora_B, scaling, fan_in_fan_out)``: the update in the layout of ``weight``."""
+    ex = EX_FIFO
+    for case, got in enumerate(recorded_cases(record, len(FIFO_CASES))):
+        i, fifo = FIFO_CASES[case]
+        layer = lora.Linear(i, 4, r=2, lora_alpha=3, fan_in_fan_out=fifo)
+        A, B = _fifo_factors(seed, case)
+        with torch.no_grad():
+            layer.lora_A.copy_(A)
+            layer.lora_B.copy_(B)
+        text = f"Linear({i}, 4, r=2, lora_alpha=3, fan_in_fan_out={fifo})"
         expect_tensor(
-            ex, got, expected, case, "scaling * B @ A is (out, in); GPT-2 stores weights (in, out): transpose then."
+            ex,
+            returned(ex, got, text),
+            layer.delta_weight().detach(),
+            text,
+            "scaling * B @ A is (out, in); GPT-2 stores weights (in, out): transpose then.",
         )
-    say_passed(ex, "your update has the shape and layout of weight in both layouts")
+    return "your update has the shape and layout of weight in both layouts"
 
 
-@keeps_rng
-def check_lora_state_dict(fn: Callable) -> None:
-    """``fn(model, bias)`` returns the LoRA tensors (and biases per ``bias`` mode), like ``lora.lora_state_dict``."""
-    ex = "lora_state_dict"
-    torch.manual_seed(0)
+check_fifo_delta = register(EX_FIFO, probe_fifo_delta, judge_fifo_delta)
+
+# -- 4.2 lora_state_dict ---------------------------------------------------------------------------
+
+BIAS_MODES = ("none", "all", "lora_only")
+STATE_HINTS = {
+    "none": "keep only keys containing 'lora_'.",
+    "all": "keep 'lora_' keys and every key ending in 'bias'.",
+    "lora_only": "keep 'lora_' keys and the biases of layers that have LoRA (here only '0.bias').",
+}
+
+
+def _state_model(seed: int) -> nn.Module:
+    manual_seed(seed, 0)
     model = nn.Sequential(lora.Linear(8, 8, r=2), nn.ReLU(), nn.Linear(8, 8), lora.Linear(8, 3, r=2, bias=False))
-    for bias in ("none", "all", "lora_only"):
-        got = run_learner(ex, fn, model, bias, case=f"bias={bias!r}")
-        if not isinstance(got, dict):
-            fail(ex, f"on bias={bias!r}: expected a dict, got {type(got).__name__}.")
+    return randomize_lora(model, generator(seed, 0))
+
+
+def probe_lora_state_dict(fn, seed: int) -> dict:
+    model = _state_model(seed)
+    return {"cases": [call(fn, model, bias).record() for bias in BIAS_MODES]}
+
+
+def judge_lora_state_dict(record: dict, seed: int) -> str:
+    """``fn(model, bias)`` returns the LoRA tensors (and biases per ``bias`` mode), like ``lora.lora_state_dict``."""
+    ex = EX_STATE
+    model = _state_model(seed)
+    for bias, got in zip(BIAS_MODES, recorded_cases(record, len(BIAS_MODES)), strict=True):
+        case = f"bias={bias!r}"
+        got = returned(ex, got, case)
+        if not isinstance(got, dict) or "__object__" in got:
+            wrong_type(ex, case, "a dict of name -> tensor", got)
         expected = lora.lora_state_dict(model, bias=bias)
-        hints = {
-            "none": "keep only keys containing 'lora_'.",
-            "all": "keep 'lora_' keys and every key ending in 'bias'.",
-            "lora_only": "keep 'lora_' keys and the biases of layers that have LoRA (here only '0.bias').",
-        }
-        expect_equal(ex, sorted(got), sorted(expected), f"bias={bias!r}", hints[bias])
+        expect_equal(ex, sorted(got), sorted(expected), case, STATE_HINTS[bias])
         for key in expected:
             expect_tensor(
-                ex, got[key], expected[key], f"bias={bias!r}, key {key!r}", "copy the values from model.state_dict()."
+                ex, got[key], expected[key], f"{case}, key {key!r}", "copy the values from model.state_dict()."
             )
-    say_passed(ex, "your adapter checkpoint holds exactly what lora_state_dict saves")
+    return "your adapter checkpoint holds exactly what lora_state_dict saves"
 
 
-@keeps_rng
-def check_wrap_linears(fn: Callable) -> None:
-    """``fn(model, r, lora_alpha)`` replaces every ``nn.Linear`` (recursively) by ``lora.Linear``, keeping weights."""
-    ex = "wrap_linears"
-    torch.manual_seed(0)
+check_lora_state_dict = register(EX_STATE, probe_lora_state_dict, judge_lora_state_dict)
+
+# -- 4.3 wrap_linears ------------------------------------------------------------------------------
+
+WRAP_CASE = "Sequential(Linear, Tanh, Sequential(Linear, LayerNorm), Linear), r=4, lora_alpha=8"
+
+
+def _wrap_model(seed: int) -> tuple[nn.Module, torch.Tensor]:
+    manual_seed(seed, 0)
     model = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Sequential(nn.Linear(8, 8), nn.LayerNorm(8)), nn.Linear(8, 2))
-    x = torch.randn(5, 6)
-    with torch.no_grad():
-        before = model(x)
-    case = "Sequential(Linear, Tanh, Sequential(Linear, LayerNorm), Linear), r=4, lora_alpha=8"
-    got = run_learner(ex, fn, model, 4, 8, case=case)
-    if not isinstance(got, nn.Module):
-        fail(ex, f"on {case}: expected the model back, got {type(got).__name__}. Hint: return model.")
-    plain = [name for name, m in got.named_modules() if type(m) is nn.Linear]
-    if plain:
+    return model, torch.randn(5, 6, generator=generator(seed, 0))
+
+
+def probe_wrap_linears(fn, seed: int) -> dict:
+    model, x = _wrap_model(seed)
+    outcome = call(fn, model, 4, 8)
+    seen = outcome.record()
+    got = outcome.value
+    if outcome.ok and isinstance(got, nn.Module):
+        seen["plain"] = [n for n, m in got.named_modules() if type(m) is nn.Linear]
+        seen["settings"] = {n: (m.r, m.lora_alpha) for n, m in got.named_modules() if isinstance(m, lora.Linear)}
+        seen["trainable"] = {n: p.requires_grad for n, p in got.named_parameters()}
+        with torch.no_grad():
+            seen["after"] = call(got, x).record()
+            seen["load"] = call(
+                lambda: got.load_state_dict(random_lora_state(got, generator(seed, 1)), strict=False)
+            ).record()
+            seen["random"] = call(got, x).record()
+    return seen
+
+
+def judge_wrap_linears(record: dict, seed: int) -> str:
+    """``fn(model, r, lora_alpha)`` replaces every ``nn.Linear`` (recursively) by ``lora.Linear``, keeping weights."""
+    ex, case = EX_WRAP, WRAP_CASE
+    got = returned(ex, record, case)
+    if "plain" not in record:
+        wrong_type(ex, case, "the model (an nn.Module): return model", got)
+    if record["plain"]:
         fail(
             ex,
-            f"on {case}: expected every Linear to be a lora.Linear, but these are still plain nn.Linear: {plain}. "
-            "Hint: replace nested layers too (recurse into children: named_children + setattr), "
-            "each with lora.Linear.from_module(child, r=..., lora_alpha=...).",
+            f"on {case}: expected every Linear to be a lora.Linear, but these are still plain nn.Linear: "
+            f"{list(record['plain'])}. Hint: replace nested layers too (recurse into children: named_children + "
+            "setattr), each with lora.Linear.from_module(child, r=..., lora_alpha=...).",
         )
-    bad = [name for name, m in got.named_modules() if isinstance(m, lora.Linear) and (m.r, m.lora_alpha) != (4, 8)]
-    if bad:
-        fail(ex, f"on {case}: {bad} do not have r=4, lora_alpha=8.")
+    model, x = _wrap_model(seed)
     with torch.no_grad():
-        after = got(x)
+        before = model(x)
+    reference = _wrap_reference(model)
+    expect_equal(
+        ex,
+        dict(record["settings"]),
+        {n: (4, 8) for n, m in reference.named_modules() if isinstance(m, lora.Linear)},
+        case + " (the lora.Linear layers and their (r, lora_alpha))",
+        "every nn.Linear becomes a lora.Linear with r=4, lora_alpha=8, at the same place in the model.",
+    )
+    trainable = dict(record["trainable"])
+    for name, _ in reference.named_parameters():
+        if (
+            name.endswith(".weight")
+            and "lora_" not in name
+            and isinstance(reference.get_submodule(name[:-7]), lora.Linear)
+        ):
+            if trainable.get(name, True):
+                fail(
+                    ex,
+                    f"on {case}: the pretrained weight {name} is trainable (requires_grad=True): LoRA trains only "
+                    "the update. Hint: lora.Linear freezes its weight; copy the pretrained values into it "
+                    "(from_module, or weight.copy_ under torch.no_grad()) instead of assigning the old nn.Parameter.",
+                )
+        elif "lora_" in name and not trainable.get(name, False):
+            fail(ex, f"on {case}: the LoRA factor {name} is frozen. Hint: lora_A and lora_B must train.")
     expect_tensor(
         ex,
-        after,
+        returned(ex, record["after"], case + ", output right after wrapping"),
         before,
         case + ", output right after wrapping",
-        "keep the pretrained weights: from_module copies them.",
+        "keep the pretrained weights and biases: from_module copies them.",
     )
-    randomize_lora(got)
+    returned(ex, record["load"], case + ", loading random LoRA factors")
+    reference.load_state_dict(random_lora_state(reference, generator(seed, 1)), strict=False)
     with torch.no_grad():
-        changed = not torch.allclose(got(x), before)
-    if not changed:
-        fail(ex, f"on {case}: a non-zero LoRA update did not change the output. Hint: is the LoRA path used?")
-    say_passed(ex, "every Linear is a LoRA Linear now, and the model computes what it did before")
+        expected = reference(x)
+    expect_tensor(
+        ex,
+        returned(ex, record["random"], case + " with random LoRA factors"),
+        expected,
+        case + " with random LoRA factors",
+        "each layer must compute what lora.Linear.from_module(child, r=4, lora_alpha=8) computes.",
+    )
+    return "every Linear is a LoRA Linear now, and the model computes what it did before"
+
+
+def _wrap_reference(module: nn.Module) -> nn.Module:
+    for name, child in module.named_children():
+        if type(child) is nn.Linear:
+            setattr(module, name, lora.Linear.from_module(child, r=4, lora_alpha=8))
+        else:
+            _wrap_reference(child)
+    return module
+
+
+check_wrap_linears = register(EX_WRAP, probe_wrap_linears, judge_wrap_linears)

@@ -22,7 +22,7 @@ def ids(paths):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=ids(NOTEBOOKS))
 def test_notebook_hygiene(path):
     if "exercises" in path.parts and "solutions" not in path.parts:
-        pytest.skip("student copies are committed without outputs (tests/test_exercises.py checks them)")
+        pytest.skip("student copies are committed without outputs (tests/course/test_handout.py checks them)")
     assert nbtools.problems(path) == []
 
 
