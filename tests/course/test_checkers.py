@@ -237,6 +237,13 @@ WRONG = {
     "check_lora_counts": (_counts_c_proj_once, "failed", "AND mlp.c_proj"),
     "check_inject_qv": (_inject_qv_not_frozen, "failed", "mark_only_lora_as_trainable"),
     "check_export_plain": (_export_plain_adds_twice, "failed", "ALREADY merged"),
+    "check_shard_loss": (
+        lambda logits, targets, n, world: F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100),
+        "failed",
+        "GLOBAL number",
+    ),
+    "check_allreduce_bytes": (lambda model: 4 * sum(p.numel() for p in model.parameters()), "failed", "requires_grad"),
+    "check_memory_per_gpu": (lambda n, t, method, gpus: 16 * n / 1e9 / gpus, "failed", "2 per frozen"),
 }
 
 

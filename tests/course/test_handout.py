@@ -28,8 +28,11 @@ STUDENTS = sorted(exercises.EXERCISES_DIR.glob("[0-9]*.ipynb"))
 
 
 def test_every_lesson_has_an_exercise_notebook():
-    lessons = [f"{n:02d}" for n in range(1, 10)]
-    assert [p.name[:2] for p in SOLUTIONS] == lessons
+    # Every lesson notebook has an instructor notebook of the same name, and the lesson links its student copy.
+    lessons = sorted(exercises.SOLUTIONS_DIR.parent.parent.glob("[0-9]*.ipynb"))
+    assert [p.name for p in SOLUTIONS] == [p.name for p in lessons]
+    for lesson in lessons:
+        assert f"exercises/{lesson.name}" in lesson.read_text(), f"{lesson.name} does not link its exercises"
     assert [p.name for p in STUDENTS] == [p.name for p in SOLUTIONS]
     for path in SOLUTIONS:
         count = len(exercises.find_exercises(nbformat.read(path, as_version=4)))
