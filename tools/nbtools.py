@@ -187,9 +187,9 @@ def _output_text(output) -> str:
 #: The install cell's id: ``bootstrap`` finds (and updates) the cell by it.
 BOOTSTRAP_ID = "install-course"
 BOOTSTRAP_TEMPLATE = """\
-# Where the course is not installed (Colab, a notebook downloaded on its own), install it from its repository:
-# lora_basics, lora_course with its data, and what the notebooks import. In a checkout set up by `make lab`
-# (or the conda environment) it is installed, and this cell does nothing.
+# Outside a checkout (Colab, a notebook downloaded on its own) the course is not installed: install
+# it from its repository (lora_basics, lora_course with its data, what the notebooks import).
+# In a checkout set up by `make lab` (or the conda environment) this cell does nothing.
 import importlib.util
 import subprocess
 import sys
@@ -197,9 +197,10 @@ import sys
 if importlib.util.find_spec("lora_basics") is None:
     course = "lora-basics[course] @ git+{url}"
     print(f"Installing {{course}} (about a minute)", flush=True)
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", course], capture_output=True, text=True)
-    print(pip.stdout[-2000:], pip.stderr[-2000:])  # the end of pip's report
-    pip.check_returncode()
+    pip = [sys.executable, "-m", "pip", "install", course]
+    done = subprocess.run(pip, capture_output=True, text=True)
+    print(done.stdout[-2000:], done.stderr[-2000:])  # the end of pip's report
+    done.check_returncode()
     importlib.invalidate_caches()"""
 
 
