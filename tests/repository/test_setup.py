@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -121,6 +122,7 @@ def test_a_failed_install_leaves_no_ready_environment_and_is_retried(installs):
     assert "no-such-package" in runs["failed"].stdout
     assert runs["retried"].returncode == 0, runs["retried"].stdout
     assert "pip install --progress-bar on -r good.txt" in runs["retried"].stdout  # the install ran again
+    assert re.search(r"^(Collecting|Requirement already satisfied:) setuptools", runs["retried"].stdout, re.M)
     assert "is up to date" in runs["again"].stdout  # and once it succeeded, it is done
 
 
@@ -156,6 +158,19 @@ def test_torch_cpu_installs_torch_from_the_cpu_index_before_the_lock(tmp_path):
     assert "download.pytorch.org" not in default
     wrong = make(repo, "-n", "help", "TORCH=gpu")
     assert wrong.returncode != 0 and "the only choice is TORCH=cpu" in wrong.stdout
+
+
+@needs_make
+def test_make_lab_opens_the_repository_root_with_the_notebooks_shown(tmp_path):
+    repo = copy_sources(tmp_path / "checkout", ["Makefile", "pyproject.toml", "requirements-lock.txt"])
+    (repo / ".venv" / "bin").mkdir(parents=True)  # a .venv made here and ready: nothing to install
+    (repo / ".venv" / "bin" / "pip").write_text(f"#!{repo}/.venv/bin/python\n")
+    (repo / ".venv" / "ready").touch()
+    plan = make(repo, "-n", "lab").stdout
+    [command] = [line for line in plan.splitlines() if "jupyter lab" in line]
+    assert "--LabApp.default_url=/lab/tree/notebooks" in command
+    assert "--notebook-dir" not in command and "root_dir" not in command  # served from the repository root
+    assert "tools.nbtools gitfilter" in plan and "pip install" not in plan
 
 
 @needs_make
