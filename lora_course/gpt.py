@@ -15,6 +15,7 @@ to ``wte``: a LoRA update of the embedding table then does not also change the o
 
 from __future__ import annotations
 
+import importlib.resources
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -137,12 +138,30 @@ class GPT(nn.Module):
         return idx
 
 
+def _find_checkpoint() -> Path:
+    """Where ``data/tiny_gpt.pt`` is: inside the installed package, or in the checkout's ``data/``.
+
+    ``pip install .`` (and an install from the repository URL) ship the repository's ``data/`` as the package
+    data ``lora_course/data/`` (see pyproject.toml); an editable install or a checkout reads ``data/`` itself.
+    Either way the path does not depend on the working directory.
+    """
+    installed = importlib.resources.files("lora_course") / "data" / "tiny_gpt.pt"
+    if installed.is_file():
+        return Path(str(installed))
+    return Path(__file__).resolve().parent.parent / "data" / "tiny_gpt.pt"
+
+
 #: The committed checkpoint (made by ``python -m lora_course.pretrain``).
-CHECKPOINT = Path(__file__).resolve().parent.parent / "data" / "tiny_gpt.pt"
+CHECKPOINT = _find_checkpoint()
 
 
 def load_pretrained(path: str | Path = CHECKPOINT) -> GPT:
     """The pretrained tiny GPT of ``data/tiny_gpt.pt``, in eval mode."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(
+            f"no pretrained tiny GPT at {path}: in a checkout it is data/tiny_gpt.pt (`make data` rebuilds it); "
+            "an installed lora-basics ships it as lora_course/data/tiny_gpt.pt"
+        )
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     model = GPT(GPTConfig(**checkpoint["config"]))
     model.load_state_dict(checkpoint["state_dict"])

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import random
 
-import torch
-
 THREADS_VARIABLE = "LORA_BASICS_THREADS"
 
 
@@ -18,6 +16,10 @@ def setup(seed: int = 0) -> None:
     and ``make notebooks`` set it, default 2), so a run can be repeated with ``=1`` to check that
     printed numbers do not depend on it. Unset, torch keeps its own default.
     """
+    # Imported here rather than at the top: clean() and the constants below also serve tools that must start
+    # fast without torch (the git filter of .gitattributes runs `python -m tools.nbtools strip`).
+    import torch
+
     threads = os.environ.get(THREADS_VARIABLE)
     if threads:
         if not threads.isdigit() or int(threads) < 1:

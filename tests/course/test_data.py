@@ -65,3 +65,8 @@ def test_the_command_rebuilds_the_checkpoint(tmp_path):
     rebuilt = torch.load(out, map_location="cpu", weights_only=True)
     assert state_checksum(rebuilt["state_dict"]) == committed_checksum()
     assert out.with_suffix(".sha256").read_text().split()[0] == committed_checksum()
+
+
+def test_a_missing_checkpoint_says_where_it_belongs(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"data/tiny_gpt\.pt \(`make data` rebuilds it\)"):
+        load_pretrained(tmp_path / "tiny_gpt.pt")

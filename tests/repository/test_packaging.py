@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 
-import tomllib
 import yaml
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -28,11 +28,12 @@ def pyproject() -> dict:
 
 
 def pyproject_packages() -> set[str]:
+    """Every package pyproject.toml asks for (an extra that names the project's own extras is not a package)."""
     project = pyproject()["project"]
     requirements = list(project["dependencies"])
     for extra in project["optional-dependencies"].values():
         requirements += extra
-    return {requirement_name(r) for r in requirements}
+    return {requirement_name(r) for r in requirements} - {normalize(project["name"])}
 
 
 def lock_pins() -> dict[str, str]:
@@ -44,34 +45,40 @@ def lock_pins() -> dict[str, str]:
     return pins
 
 
-def environment_pins() -> dict[str, str]:
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip_section = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
-    pins = {}
-    for requirement in pip_section:
-        if requirement.startswith("-"):
-            continue
-        name, version = requirement.split("==")
-        pins[normalize(name)] = version
-    return pins
+def environment() -> dict:
+    return yaml.safe_load((ROOT / "environment.yml").read_text())
 
 
-def test_environment_yml_lists_the_same_packages_as_pyproject():
-    assert set(environment_pins()) == pyproject_packages()
+def environment_pip_section() -> list[str]:
+    return next(item["pip"] for item in environment()["dependencies"] if isinstance(item, dict))
 
 
-def test_environment_yml_pins_the_lock_file_versions():
-    lock = lock_pins()
-    for name, version in environment_pins().items():
-        assert lock.get(name) == version, f"{name}: environment.yml has {version}, lock has {lock.get(name)}"
+def lock_python() -> Version:
+    """The Python the lock file was frozen on (its header says so)."""
+    header = (ROOT / "requirements-lock.txt").read_text().splitlines()[0]
+    return Version(re.search(r"Python (\d+\.\d+\.\d+)", header).group(1))
 
 
-def test_environment_yml_installs_the_package_and_python():
-    env = yaml.safe_load((ROOT / "environment.yml").read_text())
-    pip_section = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
-    assert "-e ." in pip_section
-    python = next(dep for dep in env["dependencies"] if isinstance(dep, str) and dep.startswith("python"))
-    assert Version(python.split("=")[-1]) in SpecifierSet(pyproject()["project"]["requires-python"])
+def test_environment_yml_installs_every_pin_of_the_lock_file_and_the_package():
+    # Binder and conda get the versions `make lab` installs: all of them, through the lock file itself.
+    pip_section = environment_pip_section()
+    assert "-r requirements-lock.txt" in pip_section
+    assert pip_section[-1] == "-e ."
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in pip_section, "CPU-only torch on Binder"
+
+
+def test_environment_yml_python_is_the_lock_files():
+    python = next(dep for dep in environment()["dependencies"] if isinstance(dep, str) and dep.startswith("python"))
+    minor = python.split("=")[-1]
+    assert Version(minor) == Version(f"{lock_python().major}.{lock_python().minor}")
+    assert lock_python() in SpecifierSet(pyproject()["project"]["requires-python"])
+
+
+def test_requires_python_excludes_the_pythons_the_lock_cannot_install_on():
+    # numpy 2.4, scipy 1.17, ipython 9 (pinned in the lock) require Python 3.11.
+    requires = SpecifierSet(pyproject()["project"]["requires-python"])
+    assert Version("3.10.13") not in requires and Version("3.11.5") in requires
+    assert pyproject()["tool"]["ruff"]["target-version"] == "py311"
 
 
 def test_lock_file_pins_every_pyproject_package_and_the_cpu_torch():
