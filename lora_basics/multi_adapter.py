@@ -15,20 +15,22 @@ serving many fine-tunes from one base needs (S-LoRA, Punica, PEFT's ``adapter_na
 base weights, one batch, any mix of adapters.
 
 How it is fast. Each multi-adapter layer keeps the factors of all its adapters stacked, one *slot*
-per adapter, with slot 0 the base model (all zeros):
+per adapter, with slot 0 the base model (all zeros), stored as the matrices the formula multiplies by:
 
-    lora_A: (n_slots, R, in)      lora_B: (n_slots, out, R)      scaling: (n_slots,)
+    lora_A_T: (n_slots, in, R)  = A^T      lora_B_T: (n_slots, R, out) = B^T      scaling: (n_slots,)
 
-``R`` is the largest rank; smaller ranks are zero-padded (zero rows of ``A`` and zero columns of ``B``
+``R`` is the largest rank; smaller ranks are zero-padded (zero columns of ``A^T`` and zero rows of ``B^T``
 add nothing). A batch gathers one slice per row and runs two batched matmuls:
 
-    A_rows = lora_A[slots]                        (batch, R, in)     slots: (batch,), one slot per row
-    h      = s[slots] * x A_rows^T                (batch, tokens, R)
-    y      = x W0^T + b + h B_rows^T              (batch, tokens, out)
+    A_rows = lora_A_T[slots]                      (batch, in, R)     slots: (batch,), one slot per row
+    h      = s[slots] * x_rows @ A_rows           (batch, tokens, R)
+    y      = x W0^T + b + h @ B_rows              (batch, tokens, out)
 
 which costs ``O(batch * tokens * R * (in + out))`` on top of the base layer, the cost of *one* adapter,
 however many adapters the batch mixes (the gathered, "BGMV"-style kernel of Punica and S-LoRA, here
-with torch's ``bmm``). :meth:`MultiLoRALinear.forward_formula` computes the same row by row, as written.
+with torch's ``bmm``). Grouping the rows by adapter and looping over the groups, as PEFT does, computes
+the same with one small matmul pair, an index copy and an index add per adapter.
+:meth:`MultiLoRALinear.forward_formula` computes the same row by row, as written.
 
 Where the adapters come from. Adapters are built by the library itself on the plain base model
 (:func:`~lora_basics.add_lora` for a fresh one, :func:`~lora_basics.load_adapter` for a file, with all
@@ -62,6 +64,7 @@ from .adapter_file import load_adapter as _load_adapter_file
 from .embedding import Embedding
 from .inject import _is_conv1d_style, add_lora, lora_layers, replace_module
 from .lora_layer import LoRALayer
+from .utils import lora_state_dict
 from .validation import validate_rank
 
 #: Slot 0 of every layer: no adapter, the base model.
@@ -75,35 +78,69 @@ def _pad_rank(factor: torch.Tensor, rank: int, dim: int) -> torch.Tensor:
 
 
 class _MultiAdapterLayer(nn.Module):
-    """What the multi-adapter layers share: the base module, the slots, and which slot each row uses.
+    """What the multi-adapter layers share: the base module, the stacked slots, and which slot each row uses.
+
+    Buffers (``n_slots`` = adapters + 1, slot 0 all zeros; ``R`` the largest rank; ``fan_in`` is
+    ``in_features`` or ``num_embeddings``, ``fan_out`` ``out_features`` or ``embedding_dim``):
+        - ``lora_A_T``: ``(n_slots, fan_in, R)``, ``A^T`` of each adapter (``A``: ``(r, fan_in)``).
+        - ``lora_B_T``: ``(n_slots, R, fan_out)``, ``B^T`` of each adapter (``B``: ``(fan_out, r)``).
+        - ``scaling``: ``(n_slots,)``, ``lora_alpha / r`` of each adapter.
+
+    They are buffers, not parameters (served adapters are not trained here), and not persistent (the
+    state dict stays the base model's; adapters live in their own files).
 
     ``slot`` is the slot every row uses, unless ``row_slots`` (a ``(batch,)`` tensor) gives one per row.
     :class:`MultiAdapterModel` sets both on every layer; the layers never see adapter names.
     """
 
-    def __init__(self, base_layer: nn.Module):
+    def __init__(self, base_layer: nn.Module, fan_in: int, fan_out: int):
         super().__init__()
         self.base_layer = base_layer
-        self.ranks: list[int] = [0]  # the rank of each slot; slot 0 (the base) has none
+        self.fan_in, self.fan_out = fan_in, fan_out
+        self.ranks: list[int] = []  # the rank of each slot
         self.slot = BASE_SLOT
         self.row_slots: torch.Tensor | None = None
+        kwargs = self._like_weight()
+        self.register_buffer("lora_A_T", torch.zeros(0, fan_in, 0, **kwargs), persistent=False)
+        self.register_buffer("lora_B_T", torch.zeros(0, 0, fan_out, **kwargs), persistent=False)
+        self.register_buffer("scaling", torch.zeros(0, **kwargs), persistent=False)
+        self.add_slot(None, None, 0.0)  # slot 0: the base model
 
     @property
     def n_slots(self) -> int:
         return len(self.ranks)
 
+    def _like_weight(self) -> dict:
+        weight = self.base_layer.weight
+        return {"device": weight.device, "dtype": weight.dtype}
+
     def slot_factors(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-        """``(A, B, scaling)`` of every slot, in the library's layouts, unpadded."""
-        raise NotImplementedError
+        """``(A, B, scaling)`` of every slot, in the library's layouts (``A``: ``(r, fan_in)``, ``B``: ``(fan_out, r)``)."""
+        return [
+            (self.lora_A_T[i, :, :r].T, self.lora_B_T[i, :r].T, float(self.scaling[i]))
+            for i, r in enumerate(self.ranks)
+        ]
 
     def set_slots(self, factors: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
-        """Rebuild the stacks from one ``(A, B, scaling)`` per slot (slot 0 first)."""
-        raise NotImplementedError
+        """Rebuild the stacks from one ``(A, B, scaling)`` per slot (slot 0 first), zero-padding the ranks."""
+        for A, B, _ in factors:
+            if A.dim() != 2 or A.shape[1] != self.fan_in or B.shape != (self.fan_out, A.shape[0]):
+                raise ValueError(
+                    f"factors of shapes A {tuple(A.shape)}, B {tuple(B.shape)} do not fit this layer: "
+                    f"A must be (r, {self.fan_in}) and B ({self.fan_out}, r)"
+                )
+        rank = max(A.shape[0] for A, _, _ in factors)
+        kwargs = self._like_weight()
+        self.lora_A_T = torch.stack([_pad_rank(A.to(**kwargs).T, rank, 1) for A, _, _ in factors])  # (n, in, R)
+        self.lora_B_T = torch.stack([_pad_rank(B.to(**kwargs).T, rank, 0) for _, B, _ in factors])  # (n, R, out)
+        self.scaling = torch.tensor([s for _, _, s in factors], **kwargs)
+        self.ranks = [A.shape[0] for A, _, _ in factors]
 
     def add_slot(self, A: torch.Tensor | None, B: torch.Tensor | None, scaling: float) -> None:
-        """Append a slot; ``A = B = None`` for an adapter that does not touch this layer (rank 0)."""
+        """Append a slot; ``A = B = None`` for an adapter that does not touch this layer (rank 0, all zeros)."""
         if A is None:
-            A, B, scaling = self.empty_factors()
+            kwargs = self._like_weight()
+            A, B, scaling = torch.zeros(0, self.fan_in, **kwargs), torch.zeros(self.fan_out, 0, **kwargs), 0.0
         self.set_slots(self.slot_factors() + [(A, B, scaling)])
 
     def remove_slot(self, slot: int) -> None:
@@ -111,11 +148,8 @@ class _MultiAdapterLayer(nn.Module):
         del factors[slot]
         self.set_slots(factors)
 
-    def empty_factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Rank-0 factors: a slot whose update is exactly zero."""
-        raise NotImplementedError
-
-    def _check_rows(self, rows: int) -> torch.Tensor:
+    def _slots_of_rows(self, rows: int) -> torch.Tensor:
+        """``row_slots``, checked against the number of rows of the input."""
         if self.row_slots.shape[0] != rows:
             raise ValueError(
                 f"adapter_names has {self.row_slots.shape[0]} entries, but a multi-adapter layer got an input "
@@ -124,21 +158,32 @@ class _MultiAdapterLayer(nn.Module):
             )
         return self.row_slots
 
-    def _stack_kwargs(self) -> dict:
-        weight = self.base_layer.weight
-        return {"device": weight.device, "dtype": weight.dtype}
+    def _each_row_slot(self, rows: int) -> list[int]:
+        return self._slots_of_rows(rows).tolist() if self.row_slots is not None else [self.slot] * rows
+
+    def _add_update(self, result: torch.Tensor, after_A: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """``result + s[slots] * after_A @ B_T[slots]``, row by row in one batched GEMM.
+
+        ``result``: ``(batch, ..., fan_out)``; ``after_A``: ``(batch, tokens, R)``, each row's ``x A^T``.
+        """
+        batch = result.shape[0]
+        B_rows = self.lora_B_T.index_select(0, slots)  # (batch, R, out): each row's own B^T, gathered
+        after_A = after_A * self.scaling.index_select(0, slots).view(batch, 1, 1)  # scale the small tensor
+        # torch.baddbmm(C, M1, M2) = C + M1 @ M2 for every row: the update is added inside the GEMM.
+        out = torch.baddbmm(result.reshape(batch, -1, self.fan_out), after_A, B_rows)
+        return out.view(result.shape)
+
+    def extra_repr(self) -> str:
+        return f"{self.fan_in} -> {self.fan_out}, adapters={self.n_slots - 1}, ranks={self.ranks[1:]}"
 
 
 class MultiLoRALinear(_MultiAdapterLayer):
     """A pretrained linear layer (``nn.Linear``, or GPT-2's ``Conv1D`` with its weight ``(in, out)``)
     with many LoRA adapters, one chosen per row of the batch; the base layer is called as it is.
 
-    Buffers (``n_slots`` = adapters + 1, slot 0 all zeros; ``R`` the largest rank):
-        - ``lora_A``: ``(n_slots, R, in_features)``, ``A`` of each adapter.
-        - ``lora_B``: ``(n_slots, out_features, R)``, ``B`` (``full_lora_B()`` for a fused projection).
-        - ``scaling``: ``(n_slots,)``, ``lora_alpha / r`` of each adapter.
-        - input ``(batch, ..., in_features)`` -> output ``(batch, ..., out_features)``; row ``i`` is
-          ``x[i]``, whatever the dimensions after the first.
+    Input ``(batch, ..., in_features)`` -> output ``(batch, ..., out_features)``; row ``i`` is ``x[i]``,
+    whatever the dimensions after the first. Stacks as in :class:`_MultiAdapterLayer`, with
+    ``lora_A_T``: ``(n_slots, in_features, R)`` and ``lora_B_T``: ``(n_slots, R, out_features)``.
     """
 
     def __init__(self, base_layer: nn.Module):
@@ -151,152 +196,73 @@ class MultiLoRALinear(_MultiAdapterLayer):
                 f"base_layer must be an nn.Linear or a GPT-2 Conv1D, got {type(base_layer).__name__}; "
                 "MultiAdapterModel serves linear, fused (enable_lora) and embedding targets"
             )
-        super().__init__(base_layer)
+        super().__init__(base_layer, in_features, out_features)
         self.in_features, self.out_features = in_features, out_features
-        # Buffers, not parameters: served adapters are not trained here. Not persistent: the state dict
-        # stays the base model's, the adapters live in their own files.
-        empty = self.empty_factors()
-        self.register_buffer("lora_A", empty[0][None], persistent=False)  # (1, 0, in)
-        self.register_buffer("lora_B", empty[1][None], persistent=False)  # (1, out, 0)
-        self.register_buffer("scaling", torch.zeros(1, **self._stack_kwargs()), persistent=False)
-
-    def empty_factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        kwargs = self._stack_kwargs()
-        return torch.zeros(0, self.in_features, **kwargs), torch.zeros(self.out_features, 0, **kwargs), 0.0
-
-    def slot_factors(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-        return [(self.lora_A[i, :r], self.lora_B[i, :, :r], float(self.scaling[i])) for i, r in enumerate(self.ranks)]
-
-    def set_slots(self, factors: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
-        for A, B, _ in factors:
-            if A.shape[1:] != (self.in_features,) or B.shape != (self.out_features, A.shape[0]):
-                raise ValueError(
-                    f"factors of shapes A {tuple(A.shape)}, B {tuple(B.shape)} do not fit a layer of "
-                    f"in_features={self.in_features}, out_features={self.out_features} (A: (r, in), B: (out, r))"
-                )
-        rank = max(A.shape[0] for A, _, _ in factors)
-        kwargs = self._stack_kwargs()
-        self.lora_A = torch.stack([_pad_rank(A.to(**kwargs), rank, 0) for A, _, _ in factors])  # (n, R, in)
-        self.lora_B = torch.stack([_pad_rank(B.to(**kwargs), rank, 1) for _, B, _ in factors])  # (n, out, R)
-        self.scaling = torch.tensor([s for _, _, s in factors], **kwargs)
-        self.ranks = [A.shape[0] for A, _, _ in factors]
 
     def forward_formula(self, x: torch.Tensor) -> torch.Tensor:
         """The maths as written, one row at a time: ``y_i = base(x_i) + s_a * x_i A_a^T B_a^T``, ``a`` = row i's slot.
 
         :meth:`forward` computes the same for the whole batch at once (a test checks they agree).
         """
-        slots = self._check_rows(x.shape[0]).tolist() if self.row_slots is not None else [self.slot] * x.shape[0]
         rows = []
-        for x_i, a in zip(x, slots, strict=True):
-            A, B, s = self.lora_A[a], self.lora_B[a], self.scaling[a]  # (R, in), (out, R), ()
-            rows.append(self.base_layer(x_i) + s * (x_i @ A.T) @ B.T)
+        for x_i, a in zip(x, self._each_row_slot(x.shape[0]), strict=True):
+            A_T, B_T, s = self.lora_A_T[a], self.lora_B_T[a], self.scaling[a]  # (in, R), (R, out), ()
+            rows.append(self.base_layer(x_i) + s * (x_i @ A_T) @ B_T)
         return torch.stack(rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same result as :meth:`forward_formula`: gathered factors and batched matmuls, no loop over rows."""
         result = self.base_layer(x)  # x W0^T + b, (batch, ..., out)
         if self.row_slots is None:  # one adapter for the whole batch: a plain LoRA forward
-            a, r = self.slot, self.ranks[self.slot]
-            if r == 0:
+            a = self.slot
+            if self.ranks[a] == 0:
                 return result
-            after_A = F.linear(x, self.lora_A[a, :r]) * self.scaling[a]  # (..., r)
+            after_A = x.reshape(-1, self.in_features) @ self.lora_A_T[a] * self.scaling[a]  # (tokens, R)
             # torch.addmm(C, M1, M2) = C + M1 @ M2 in one GEMM (as Linear.forward does).
-            out = torch.addmm(result.reshape(-1, self.out_features), after_A.reshape(-1, r), self.lora_B[a, :, :r].T)
-            return out.view(result.shape)
-        slots = self._check_rows(x.shape[0])  # (batch,)
-        batch = x.shape[0]
-        x_rows = x.reshape(batch, -1, self.in_features)  # (batch, tokens, in)
-        A_rows = self.lora_A[slots]  # (batch, R, in): each row's own A, gathered
-        B_rows = self.lora_B[slots]  # (batch, out, R)
-        after_A = torch.bmm(x_rows, A_rows.transpose(1, 2)) * self.scaling[slots].view(
-            batch, 1, 1
-        )  # (batch, tokens, R)
-        # torch.baddbmm(C, M1, M2) = C + M1 @ M2, batched: the update is added inside the GEMM.
-        out = torch.baddbmm(result.reshape(batch, -1, self.out_features), after_A, B_rows.transpose(1, 2))
-        return out.view(result.shape)
-
-    def extra_repr(self) -> str:
-        return (
-            f"in_features={self.in_features}, out_features={self.out_features}, "
-            f"adapters={self.n_slots - 1}, ranks={self.ranks[1:]}"
-        )
+            return torch.addmm(result.reshape(-1, self.out_features), after_A, self.lora_B_T[a]).view(result.shape)
+        slots = self._slots_of_rows(x.shape[0])  # (batch,)
+        A_rows = self.lora_A_T.index_select(0, slots)  # (batch, in, R): each row's own A^T, gathered
+        after_A = torch.bmm(x.reshape(x.shape[0], -1, self.in_features), A_rows)  # (batch, tokens, R)
+        return self._add_update(result, after_A, slots)
 
 
 class MultiLoRAEmbedding(_MultiAdapterLayer):
     """A pretrained ``nn.Embedding`` with many LoRA adapters, one chosen per row of the batch.
 
     Token ``t`` of row ``i`` (adapter ``a``) gets ``W0[t] + s_a * (B_a A_a[:, t])^T``: column ``t`` of
-    ``A_a`` is looked up like a row of a table, so ``A`` is stored transposed.
+    ``A_a`` is row ``t`` of ``A_a^T``, looked up like a row of a table.
 
-    Buffers (``n_slots`` = adapters + 1, slot 0 all zeros; ``R`` the largest rank):
-        - ``lora_A_T``: ``(n_slots, num_embeddings, R)``, ``A^T`` of each adapter (one row per token).
-        - ``lora_B``: ``(n_slots, embedding_dim, R)``.
-        - ``scaling``: ``(n_slots,)``.
-        - input ``(batch, ...)`` of token ids -> output ``(batch, ..., embedding_dim)``.
+    Input ``(batch, ...)`` of token ids -> output ``(batch, ..., embedding_dim)``. Stacks as in
+    :class:`_MultiAdapterLayer`, with ``lora_A_T``: ``(n_slots, num_embeddings, R)`` (one row per token)
+    and ``lora_B_T``: ``(n_slots, R, embedding_dim)``.
     """
 
     def __init__(self, base_layer: nn.Embedding):
         if not isinstance(base_layer, nn.Embedding):
             raise TypeError(f"base_layer must be an nn.Embedding, got {type(base_layer).__name__}")
-        super().__init__(base_layer)
+        super().__init__(base_layer, *base_layer.weight.shape)
         self.num_embeddings, self.embedding_dim = base_layer.weight.shape
-        empty = self.empty_factors()
-        self.register_buffer("lora_A_T", empty[0].T[None], persistent=False)  # (1, num, 0)
-        self.register_buffer("lora_B", empty[1][None], persistent=False)  # (1, dim, 0)
-        self.register_buffer("scaling", torch.zeros(1, **self._stack_kwargs()), persistent=False)
-
-    def empty_factors(self) -> tuple[torch.Tensor, torch.Tensor, float]:
-        kwargs = self._stack_kwargs()
-        return torch.zeros(0, self.num_embeddings, **kwargs), torch.zeros(self.embedding_dim, 0, **kwargs), 0.0
-
-    def slot_factors(self) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
-        return [
-            (self.lora_A_T[i, :, :r].T, self.lora_B[i, :, :r], float(self.scaling[i])) for i, r in enumerate(self.ranks)
-        ]
-
-    def set_slots(self, factors: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
-        for A, B, _ in factors:
-            if A.shape[1:] != (self.num_embeddings,) or B.shape != (self.embedding_dim, A.shape[0]):
-                raise ValueError(
-                    f"factors of shapes A {tuple(A.shape)}, B {tuple(B.shape)} do not fit an embedding of "
-                    f"{self.num_embeddings} x {self.embedding_dim} (A: (r, num_embeddings), B: (embedding_dim, r))"
-                )
-        rank = max(A.shape[0] for A, _, _ in factors)
-        kwargs = self._stack_kwargs()
-        self.lora_A_T = torch.stack([_pad_rank(A.to(**kwargs).T, rank, 1) for A, _, _ in factors])  # (n, num, R)
-        self.lora_B = torch.stack([_pad_rank(B.to(**kwargs), rank, 1) for _, B, _ in factors])  # (n, dim, R)
-        self.scaling = torch.tensor([s for _, _, s in factors], **kwargs)
-        self.ranks = [A.shape[0] for A, _, _ in factors]
 
     def forward_formula(self, ids: torch.Tensor) -> torch.Tensor:
         """Row by row, as written: ``W0[ids_i] + s_a * A_a^T[ids_i] B_a^T``, ``a`` = row i's slot."""
-        slots = self._check_rows(ids.shape[0]).tolist() if self.row_slots is not None else [self.slot] * ids.shape[0]
         rows = []
-        for ids_i, a in zip(ids, slots, strict=True):
-            rows.append(self.base_layer(ids_i) + self.scaling[a] * self.lora_A_T[a][ids_i] @ self.lora_B[a].T)
+        for ids_i, a in zip(ids, self._each_row_slot(ids.shape[0]), strict=True):
+            rows.append(self.base_layer(ids_i) + self.scaling[a] * self.lora_A_T[a][ids_i] @ self.lora_B_T[a])
         return torch.stack(rows)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Same result as :meth:`forward_formula`, for the whole batch at once."""
         result = self.base_layer(ids)  # W0[ids], (batch, ..., dim)
         if self.row_slots is None:
-            a, r = self.slot, self.ranks[self.slot]
-            if r == 0:
+            a = self.slot
+            if self.ranks[a] == 0:
                 return result
-            after_A = F.embedding(ids, self.lora_A_T[a, :, :r]) * self.scaling[a]  # (..., r)
-            return result + after_A @ self.lora_B[a, :, :r].T
-        slots = self._check_rows(ids.shape[0])  # (batch,)
-        batch = ids.shape[0]
-        ids_rows = ids.reshape(batch, -1)  # (batch, tokens)
+            after_A = F.embedding(ids, self.lora_A_T[a]) * self.scaling[a]  # (..., R)
+            return result + after_A @ self.lora_B_T[a]
+        slots = self._slots_of_rows(ids.shape[0])  # (batch,)
         # Token t of row i looks up row t of its own adapter's table A^T: (batch, tokens, R).
-        after_A = self.lora_A_T[slots[:, None], ids_rows] * self.scaling[slots].view(batch, 1, 1)
-        B_rows = self.lora_B[slots]  # (batch, dim, R)
-        out = torch.baddbmm(result.reshape(batch, -1, self.embedding_dim), after_A, B_rows.transpose(1, 2))
-        return out.view(result.shape)
-
-    def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}, adapters={self.n_slots - 1}, ranks={self.ranks[1:]}"
+        after_A = self.lora_A_T[slots[:, None], ids.reshape(ids.shape[0], -1)]
+        return self._add_update(result, after_A, slots)
 
 
 def _factors(layer: LoRALayer) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -428,14 +394,33 @@ class MultiAdapterModel(nn.Module):
         r: int = 8,
         lora_alpha: float = 16,
         enable_lora: dict[str, list[bool]] | None = None,
+        tensors: dict[str, torch.Tensor] | None = None,
     ) -> None:
-        """A fresh adapter ``name``, initialised as :func:`~lora_basics.add_lora` initialises one (``B = 0``:
-        it computes the base model until its factors change). Arguments as ``add_lora``'s."""
+        """Add adapter ``name``, injected as :func:`~lora_basics.add_lora` injects one (same arguments).
+
+        Args:
+            tensors: its LoRA tensors, as :func:`~lora_basics.lora_state_dict` gives them from a model
+                injected with the same settings (``{"h.0.attn.c_attn.lora_A": ..., ...}``, the ``"tensors"``
+                of an adapter file); every one must be given. Without them the adapter is fresh
+                (``add_lora``'s init, ``B = 0``: it computes the base model). An adapter file holds the
+                same tensors plus a fingerprint of its base: prefer :meth:`load_adapter` for files.
+        """
         self._check_new_name(name)
         validate_rank(r, allow_zero=False)
-        self._install(
-            name, lambda: add_lora(self.model, target_modules, r=r, lora_alpha=lora_alpha, enable_lora=enable_lora)
-        )
+        if tensors is not None and not isinstance(tensors, dict):
+            raise TypeError(f"tensors must be a dict of LoRA tensor names to tensors, got {type(tensors).__name__}")
+
+        def build() -> None:
+            add_lora(self.model, target_modules, r=r, lora_alpha=lora_alpha, enable_lora=enable_lora)
+            if tensors is not None:
+                result = self.model.load_state_dict(tensors, strict=False)
+                missing = sorted(set(lora_state_dict(self.model)) - set(tensors))
+                if result.unexpected_keys or missing:
+                    raise ValueError(
+                        f"tensors do not fit the adapter: unexpected {result.unexpected_keys[:4]}, missing {missing[:4]}"
+                    )
+
+        self._install(name, build)
 
     def load_adapter(self, name: str, path: str | Path | IO[bytes], check_base: bool = True) -> None:
         """Load the adapter file ``path`` (saved by :func:`~lora_basics.save_adapter`) as adapter ``name``.
@@ -503,7 +488,7 @@ class MultiAdapterModel(nn.Module):
         else:
             on_device: dict[torch.device, torch.Tensor] = {}
             for layer in layers:
-                device = layer.lora_B.device
+                device = layer.lora_B_T.device
                 if device not in on_device:
                     on_device[device] = torch.tensor(slots, device=device)
                 layer.row_slots = on_device[device]
