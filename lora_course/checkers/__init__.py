@@ -30,6 +30,7 @@ from .lesson06 import check_changed_tokens, check_embedding_forward, check_embed
 from .lesson07 import check_conv_delta, check_conv_forward, check_conv_shapes
 from .lesson08 import NaiveMergeLinear, check_export_linear, check_no_double_merge
 from .lesson09 import check_export_plain, check_inject_qv, check_lora_counts
+from .lesson13 import check_mixed_embedding, check_mixed_linear, check_stack_adapters
 
 __all__ = [
     "ExerciseFailed",
@@ -60,4 +61,7 @@ __all__ = [
     "check_lora_counts",
     "check_inject_qv",
     "check_export_plain",
+    "check_stack_adapters",
+    "check_mixed_linear",
+    "check_mixed_embedding",
 ]
