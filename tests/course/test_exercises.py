@@ -42,10 +42,18 @@ def ids(paths):
     return [p.name for p in paths]
 
 
-def test_every_lesson_has_an_exercise_notebook():
-    lessons = [f"{n:02d}" for n in range(1, 10)]
-    assert [p.name[:2] for p in SOLUTIONS] == lessons
+LESSONS = sorted((ROOT / "notebooks").glob("[0-9]*.ipynb"))
+
+
+def test_every_exercise_notebook_belongs_to_a_lesson_that_links_it():
+    with_exercises = [p for p in LESSONS if (exercises.SOLUTIONS_DIR / p.name).exists()]
+    assert with_exercises, "no lesson has an instructor notebook"
+    # Every instructor notebook is named after its lesson, and every student copy after an instructor notebook.
+    assert [p.name for p in SOLUTIONS] == [p.name for p in with_exercises]
     assert [p.name for p in STUDENTS] == [p.name for p in SOLUTIONS]
+    for lesson in with_exercises:
+        markdown = "\n".join(c.source for c in nbformat.read(lesson, as_version=4).cells if c.cell_type == "markdown")
+        assert f"(exercises/{lesson.name})" in markdown, f"{lesson.name} does not link its exercise notebook"
     for path in SOLUTIONS:
         count = len(exercises.find_exercises(nbformat.read(path, as_version=4)))
         assert 2 <= count <= 4, f"{path.name} has {count} exercises"
@@ -194,6 +202,13 @@ def _export_plain_adds_twice(model):
     return exported
 
 
+def _stack_without_transposing_b(factors):
+    rank = max(A.shape[0] for A, _, _ in factors)
+    A_T = torch.stack([F.pad(A.T, (0, rank - A.shape[0])) for A, _, _ in factors])  # (n, in, R)
+    B = torch.stack([F.pad(B, (0, rank - B.shape[1])) for _, B, _ in factors])  # (n, out, R): B, not B^T
+    return A_T, B, torch.tensor([s for _, _, s in factors])
+
+
 #: checker -> (wrong answer, expected status, a fragment the message must contain)
 WRONG = {
     "check_param_counts": (lambda d, k, r: (d * k, r * d * k), "failed", "B is d x r"),
@@ -242,6 +257,17 @@ WRONG = {
     "check_lora_counts": (_counts_c_proj_once, "failed", "AND mlp.c_proj"),
     "check_inject_qv": (_inject_qv_not_frozen, "failed", "mark_only_lora_as_trainable"),
     "check_export_plain": (_export_plain_adds_twice, "failed", "ALREADY merged"),
+    "check_stack_adapters": (_stack_without_transposing_b, "failed", "transpose each B"),
+    "check_mixed_linear": (
+        lambda x, W, b, A_T, B_T, s, slots: x @ W.T + b + torch.bmm(torch.bmm(x, A_T[slots]), B_T[slots]),
+        "failed",
+        "scaling[slots].view(-1, 1, 1)",
+    ),
+    "check_mixed_embedding": (
+        lambda ids, W0, A_T, B_T, s, slots: W0[ids] + s[slots[0]] * A_T[slots[0]][ids] @ B_T[slots[0]],
+        "failed",
+        "ITS OWN table",
+    ),
 }
 
 
