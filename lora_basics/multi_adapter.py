@@ -89,8 +89,8 @@ class _MultiAdapterLayer(nn.Module):
     They are buffers, not parameters (served adapters are not trained here), and not persistent (the
     state dict stays the base model's; adapters live in their own files).
 
-    ``slot`` is the slot every row uses, unless ``row_slots`` (a ``(batch,)`` tensor) gives one per row.
-    :class:`MultiAdapterModel` sets both on every layer; the layers never see adapter names.
+    Which slot each row uses: :meth:`use_slot` (one slot for every row) or :meth:`use_rows` (one slot per
+    row). :class:`MultiAdapterModel` calls them on every layer; the layers never see adapter names.
     """
 
     def __init__(self, base_layer: nn.Module, fan_in: int, fan_out: int):
@@ -100,6 +100,7 @@ class _MultiAdapterLayer(nn.Module):
         self.ranks: list[int] = []  # the rank of each slot
         self.slot = BASE_SLOT
         self.row_slots: torch.Tensor | None = None
+        self.rows_differ = False
         kwargs = self._like_weight()
         self.register_buffer("lora_A_T", torch.zeros(0, fan_in, 0, **kwargs), persistent=False)
         self.register_buffer("lora_B_T", torch.zeros(0, 0, fan_out, **kwargs), persistent=False)
@@ -109,6 +110,26 @@ class _MultiAdapterLayer(nn.Module):
     @property
     def n_slots(self) -> int:
         return len(self.ranks)
+
+    def use_slot(self, slot: int) -> None:
+        """Every row of every batch through slot ``slot`` (0: the base model)."""
+        if not 0 <= slot < self.n_slots:
+            raise ValueError(f"slot must be in [0, {self.n_slots}), got {slot}")
+        self.slot, self.row_slots, self.rows_differ = slot, None, False
+
+    def use_rows(self, slots: torch.Tensor, rows_differ: bool | None = None) -> None:
+        """Row ``i`` of the batch through slot ``slots[i]``; ``slots``: a ``(batch,)`` integer tensor.
+
+        ``rows_differ``: whether the slots are not all the same (computed if not given). When they are all
+        the same, the layer runs a plain one-adapter forward and ``slots`` only checks the number of rows.
+        """
+        if not isinstance(slots, torch.Tensor) or slots.dim() != 1 or slots.is_floating_point() or not len(slots):
+            raise TypeError(f"slots must be a non-empty 1-D integer tensor (one slot per row), got {slots!r}")
+        if rows_differ is None:
+            if not (0 <= int(slots.min()) and int(slots.max()) < self.n_slots):
+                raise ValueError(f"slots must be in [0, {self.n_slots}), got {slots.tolist()}")
+            rows_differ = bool((slots != slots[0]).any())
+        self.row_slots, self.slot, self.rows_differ = slots, int(slots[0]), rows_differ
 
     def _like_weight(self) -> dict:
         weight = self.base_layer.weight
@@ -213,14 +234,14 @@ class MultiLoRALinear(_MultiAdapterLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Same result as :meth:`forward_formula`: gathered factors and batched matmuls, no loop over rows."""
         result = self.base_layer(x)  # x W0^T + b, (batch, ..., out)
-        if self.row_slots is None:  # one adapter for the whole batch: a plain LoRA forward
+        slots = self._slots_of_rows(x.shape[0]) if self.row_slots is not None else None  # (batch,)
+        if not self.rows_differ:  # one adapter for the whole batch: a plain LoRA forward
             a = self.slot
             if self.ranks[a] == 0:
                 return result
             after_A = x.reshape(-1, self.in_features) @ self.lora_A_T[a] * self.scaling[a]  # (tokens, R)
             # torch.addmm(C, M1, M2) = C + M1 @ M2 in one GEMM (as Linear.forward does).
             return torch.addmm(result.reshape(-1, self.out_features), after_A, self.lora_B_T[a]).view(result.shape)
-        slots = self._slots_of_rows(x.shape[0])  # (batch,)
         A_rows = self.lora_A_T.index_select(0, slots)  # (batch, in, R): each row's own A^T, gathered
         after_A = torch.bmm(x.reshape(x.shape[0], -1, self.in_features), A_rows)  # (batch, tokens, R)
         return self._add_update(result, after_A, slots)
@@ -253,13 +274,13 @@ class MultiLoRAEmbedding(_MultiAdapterLayer):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """Same result as :meth:`forward_formula`, for the whole batch at once."""
         result = self.base_layer(ids)  # W0[ids], (batch, ..., dim)
-        if self.row_slots is None:
+        slots = self._slots_of_rows(ids.shape[0]) if self.row_slots is not None else None  # (batch,)
+        if not self.rows_differ:
             a = self.slot
             if self.ranks[a] == 0:
                 return result
             after_A = F.embedding(ids, self.lora_A_T[a]) * self.scaling[a]  # (..., R)
             return result + after_A @ self.lora_B_T[a]
-        slots = self._slots_of_rows(ids.shape[0])  # (batch,)
         # Token t of row i looks up row t of its own adapter's table A^T: (batch, tokens, R).
         after_A = self.lora_A_T[slots[:, None], ids.reshape(ids.shape[0], -1)]
         return self._add_update(result, after_A, slots)
@@ -293,7 +314,8 @@ class MultiAdapterModel(nn.Module):
             :class:`MultiLoRAEmbedding` (the plain module stays inside, as ``base_layer``).
 
     Adapters (names are strings; ``None`` in ``adapter_names`` means the base model):
-        - :meth:`add_adapter`: a fresh adapter, as :func:`~lora_basics.add_lora` would make it.
+        - :meth:`add_adapter`: an adapter injected as :func:`~lora_basics.add_lora` injects one, fresh or
+          with given tensors.
         - :meth:`load_adapter`: an adapter file saved by :func:`~lora_basics.save_adapter`, checked as
           :func:`~lora_basics.load_adapter` checks it.
         - :meth:`set_adapter`: the adapter of every row when ``adapter_names`` is not given.
@@ -434,7 +456,7 @@ class MultiAdapterModel(nn.Module):
     # -- choosing and removing ------------------------------------------------------------------------
     def _use_slot(self, slot: int) -> None:
         for layer in self.multi_adapter_layers().values():
-            layer.slot, layer.row_slots = slot, None
+            layer.use_slot(slot)
 
     def set_adapter(self, name: str | None) -> None:
         """Use adapter ``name`` for every row when no ``adapter_names`` are given (``None``: the base model)."""
@@ -481,17 +503,12 @@ class MultiAdapterModel(nn.Module):
     def per_row(self, adapter_names: list[str | None]) -> Iterator[None]:
         """Inside the block, row ``i`` of every batch goes through adapter ``adapter_names[i]``."""
         slots = self.row_slots(adapter_names)
-        layers = self.multi_adapter_layers().values()
-        if len(set(slots)) == 1:  # one adapter for the whole batch: no gather needed
-            for layer in layers:
-                layer.slot = slots[0]
-        else:
-            on_device: dict[torch.device, torch.Tensor] = {}
-            for layer in layers:
-                device = layer.lora_B_T.device
-                if device not in on_device:
-                    on_device[device] = torch.tensor(slots, device=device)
-                layer.row_slots = on_device[device]
+        on_device: dict[torch.device, torch.Tensor] = {}
+        for layer in self.multi_adapter_layers().values():
+            device = layer.lora_B_T.device
+            if device not in on_device:
+                on_device[device] = torch.tensor(slots, device=device)
+            layer.use_rows(on_device[device], rows_differ=len(set(slots)) > 1)
         try:
             yield
         finally:

@@ -99,7 +99,7 @@ def _linear_case(batch, tokens, fan_in, fan_out, ranks, slots, seed):
         base.weight.copy_(torch.randn(fan_out, fan_in, generator=generator))
         base.bias.copy_(torch.randn(fan_out, generator=generator))
     layer = _stacked(lora.MultiLoRALinear(base), _factors(fan_in, fan_out, ranks, seed))
-    layer.row_slots = torch.tensor(slots)
+    layer.use_rows(torch.tensor(slots))
     x = torch.randn(batch, tokens, fan_in, generator=generator)
     inputs = (x, base.weight.detach(), base.bias.detach(), layer.lora_A_T, layer.lora_B_T, layer.scaling)
     return inputs, layer
@@ -141,7 +141,7 @@ def _embedding_case(batch, tokens, num, dim, ranks, slots, seed):
     with torch.no_grad():
         base.weight.copy_(torch.randn(num, dim, generator=generator))
     layer = _stacked(lora.MultiLoRAEmbedding(base), _factors(num, dim, ranks, seed))
-    layer.row_slots = torch.tensor(slots)
+    layer.use_rows(torch.tensor(slots))
     ids = torch.randint(0, num, (batch, tokens), generator=generator)
     return (ids, base.weight.detach(), layer.lora_A_T, layer.lora_B_T, layer.scaling), layer
 

@@ -223,8 +223,11 @@ def test_per_row_works_for_any_call_of_the_model_and_resets_afterwards():
     assert torch.equal(generated[0], adapters["second"][0].generate(prompt[:1], 3)[0])
     assert torch.equal(generated[1], adapters["first"][0].generate(prompt[1:], 3)[0])
     assert all(layer.row_slots is None for layer in served.multi_adapter_layers().values())
-    with pytest.raises(ValueError, match="adapter_names has 2 entries, but a multi-adapter layer got an input with 3"):
-        served(tokens(3), adapter_names=["first", "second"])
+    for names in (["first", "second"], ["first", "first"]):  # mixed, or one adapter for every row
+        with pytest.raises(
+            ValueError, match="adapter_names has 2 entries, but a multi-adapter layer got an input with 3"
+        ):
+            served(tokens(3), adapter_names=names)
     assert all(layer.row_slots is None for layer in served.multi_adapter_layers().values())
 
 
@@ -284,6 +287,17 @@ def test_layers_refuse_modules_they_do_not_serve():
     with pytest.raises(ValueError, match=r"factors of shapes A \(2, 5\), B \(3, 2\) do not fit"):
         layer.add_slot(torch.zeros(2, 5), torch.zeros(3, 2), 1.0)
     assert layer.ranks == [0]
+    layer.add_slot(torch.ones(2, 4), torch.ones(3, 2), 1.0)
+    with pytest.raises(ValueError, match=r"slots must be in \[0, 2\), got \[0, 2\]"):
+        layer.use_rows(torch.tensor([0, 2]))
+    with pytest.raises(TypeError, match="slots must be a non-empty 1-D integer tensor"):
+        layer.use_rows(torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match=r"slot must be in \[0, 2\), got 3"):
+        layer.use_slot(3)
+    layer.use_rows(torch.tensor([1, 0]))
+    assert layer.rows_differ and torch.equal(
+        layer(torch.ones(2, 4))[0] - layer(torch.ones(2, 4))[1], torch.full((3,), 8.0)
+    )
 
 
 def test_a_float64_model_serves_in_float64():
