@@ -42,6 +42,20 @@ def _stacked(layer: lora.MultiLoRALinear | lora.MultiLoRAEmbedding, factors: Fac
     return layer
 
 
+@torch.no_grad()
+def _randomized(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """``module`` with random values in every parameter (a bias of zero would hide a forgotten ``+ b``)."""
+    for param in module.parameters():
+        param.copy_(torch.randn(param.shape, generator=generator))
+    return module
+
+
+def _serving(layer, ranks: list[int], slots: list[int], seed: int):
+    """The multi-adapter ``layer`` with random adapters of ``ranks`` as its slots, row i through ``slots[i]``."""
+    _stacked(layer, _factors(layer.fan_in, layer.fan_out, ranks, seed)).use_rows(torch.tensor(slots))
+    return layer
+
+
 # -- 13.1 stack_adapters ---------------------------------------------------------------------------
 
 #: (fan_in, fan_out, ranks of the adapters, seed)
@@ -94,15 +108,25 @@ LINEAR_CASES = [
 def _linear_case(batch, tokens, fan_in, fan_out, ranks, slots, seed):
     """The inputs of a case and the multi-adapter layer that computes its reference answer."""
     generator = seeded(seed)
-    base = nn.Linear(fan_in, fan_out)
-    with torch.no_grad():
-        base.weight.copy_(torch.randn(fan_out, fan_in, generator=generator))
-        base.bias.copy_(torch.randn(fan_out, generator=generator))
-    layer = _stacked(lora.MultiLoRALinear(base), _factors(fan_in, fan_out, ranks, seed))
-    layer.use_rows(torch.tensor(slots))
+    layer = _serving(lora.MultiLoRALinear(_randomized(nn.Linear(fan_in, fan_out), generator)), ranks, slots, seed)
     x = torch.randn(batch, tokens, fan_in, generator=generator)
-    inputs = (x, base.weight.detach(), base.bias.detach(), layer.lora_A_T, layer.lora_B_T, layer.scaling)
-    return inputs, layer
+    base = layer.base_layer
+    return (x, base.weight.detach(), base.bias.detach(), layer.lora_A_T, layer.lora_B_T, layer.scaling), layer
+
+
+LINEAR_HINT = (
+    "y = x @ W.T + b + scaling[slots] * (x @ A_T[slots]) @ B_T[slots]: A_T[slots] gathers each row's own A^T, "
+    "(batch, in, R); torch.bmm multiplies row by row; scaling[slots].view(-1, 1, 1) broadcasts over tokens."
+)
+
+
+def _judge_mixed(ex: str, fn: Callable, inputs: tuple, layer: nn.Module, slots: list[int], case: str, hint: str):
+    """``fn(*inputs, slots)`` (on copies) must give what the multi-adapter ``layer`` gives for ``inputs[0]``."""
+    __tracebackhide__ = True  # IPython: show the check cell, not these helpers
+    got = run_learner(ex, fn, *(t.clone() for t in inputs), torch.tensor(slots), case=case)
+    with torch.no_grad():
+        expected = layer(inputs[0])
+    expect_tensor(ex, got, expected, case, hint)
 
 
 @keeps_rng
@@ -111,17 +135,7 @@ def check_mixed_linear(fn: Callable) -> None:
     for batch, tokens, fan_in, fan_out, ranks, slots, seed in LINEAR_CASES:
         inputs, layer = _linear_case(batch, tokens, fan_in, fan_out, ranks, slots, seed)
         case = f"x of shape {(batch, tokens, fan_in)}, out={fan_out}, slots={slots}"
-        got = run_learner(EX_LINEAR, fn, *(t.clone() for t in inputs), torch.tensor(slots), case=case)
-        with torch.no_grad():
-            expected = layer(inputs[0])
-        expect_tensor(
-            EX_LINEAR,
-            got,
-            expected,
-            case,
-            "y = x @ W.T + b + scaling[slots] * (x @ A_T[slots]) @ B_T[slots]: A_T[slots] gathers each row's own A^T, "
-            "(batch, in, R); torch.bmm multiplies row by row; scaling[slots].view(-1, 1, 1) broadcasts over tokens.",
-        )
+        _judge_mixed(EX_LINEAR, fn, inputs, layer, slots, case, LINEAR_HINT)
     say_passed(EX_LINEAR, "your mixed batch equals MultiLoRALinear's: every row through its own adapter")
 
 
@@ -137,13 +151,15 @@ EMBEDDING_CASES = [
 
 def _embedding_case(batch, tokens, num, dim, ranks, slots, seed):
     generator = seeded(seed)
-    base = nn.Embedding(num, dim)
-    with torch.no_grad():
-        base.weight.copy_(torch.randn(num, dim, generator=generator))
-    layer = _stacked(lora.MultiLoRAEmbedding(base), _factors(num, dim, ranks, seed))
-    layer.use_rows(torch.tensor(slots))
+    layer = _serving(lora.MultiLoRAEmbedding(_randomized(nn.Embedding(num, dim), generator)), ranks, slots, seed)
     ids = torch.randint(0, num, (batch, tokens), generator=generator)
-    return (ids, base.weight.detach(), layer.lora_A_T, layer.lora_B_T, layer.scaling), layer
+    return (ids, layer.base_layer.weight.detach(), layer.lora_A_T, layer.lora_B_T, layer.scaling), layer
+
+
+EMBEDDING_HINT = (
+    "W0[ids] + scaling[slots] * (each row looks up ITS OWN table A_T[slots[i]]: A_T[slots[:, None], ids] is "
+    "(batch, tokens, R)) @ B_T[slots], with torch.bmm; scaling[slots].view(-1, 1, 1)."
+)
 
 
 @keeps_rng
@@ -152,15 +168,5 @@ def check_mixed_embedding(fn: Callable) -> None:
     for batch, tokens, num, dim, ranks, slots, seed in EMBEDDING_CASES:
         inputs, layer = _embedding_case(batch, tokens, num, dim, ranks, slots, seed)
         case = f"ids of shape {(batch, tokens)}, a table {num} x {dim}, slots={slots}"
-        got = run_learner(EX_EMBEDDING, fn, *(t.clone() for t in inputs), torch.tensor(slots), case=case)
-        with torch.no_grad():
-            expected = layer(inputs[0])
-        expect_tensor(
-            EX_EMBEDDING,
-            got,
-            expected,
-            case,
-            "W0[ids] + scaling[slots] * (each row looks up ITS OWN table A_T[slots[i]]: A_T[slots[:, None], ids] is "
-            "(batch, tokens, R)) @ B_T[slots], with torch.bmm; scaling[slots].view(-1, 1, 1).",
-        )
+        _judge_mixed(EX_EMBEDDING, fn, inputs, layer, slots, case, EMBEDDING_HINT)
     say_passed(EX_EMBEDDING, "your mixed lookup equals MultiLoRAEmbedding's: each row's tokens through its own adapter")

@@ -16,7 +16,7 @@ from torch import nn
 import lora_basics as lora
 from lora_basics import MultiAdapterModel, MultiLoRAEmbedding, MultiLoRALinear
 from lora_course.gpt import GPT, Conv1D, GPTConfig, load_pretrained
-from tests.helpers import randomize_lora
+from tests.helpers import randomize_lora, tiny_gpt2
 
 QV = {"target_modules": ["c_attn"], "enable_lora": {"c_attn": [True, False, True]}}
 #: target kind -> the settings of two adapters of that kind (different ranks and scales).
@@ -319,15 +319,6 @@ def test_a_float64_model_serves_in_float64():
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
-
-
-def tiny_gpt2(seed: int = 0):
-    """A randomly initialised GPT-2 (nothing downloaded), untied so that wte and lm_head are separate."""
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=False
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
 
 
 HF_TOKENS = torch.randint(0, 50, (4, 10), generator=torch.Generator().manual_seed(1))
