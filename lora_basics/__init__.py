@@ -21,6 +21,7 @@ One concept per module:
     adapter_file.py   save_adapter, load_adapter: LoRA tensors only, checked on load
     export.py         merge_and_export: a plain torch model, updates merged
     peft_bridge.py    to_peft, from_peft: the same adapter as a Hugging Face PEFT adapter, both ways
+    multi_adapter.py  MultiAdapterModel: many adapters on one frozen base, a different one per row of a batch
     lora_plus.py      LoRA+: B at a larger learning rate than A (optimizer parameter groups)
     pissa.py          PiSSA: B A starts at the top-r singular part of W0, the residual stays frozen
     nf4.py            4-bit NormalFloat (QLoRA's base-weight format), bit for bit like bitsandbytes
@@ -45,6 +46,7 @@ from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
 from .lora_plus import lora_plus_param_groups
 from .merged_linear import MergedLinear
+from .multi_adapter import MultiAdapterModel, MultiLoRAEmbedding, MultiLoRALinear
 from .peft_bridge import from_peft, to_peft
 from .pissa import init_pissa
 from .utils import lora_parameter_names, lora_state_dict, mark_only_lora_as_trainable
@@ -75,6 +77,9 @@ __all__ = [
     "LoRALinear",
     "Linear",
     "MergedLinear",
+    "MultiAdapterModel",
+    "MultiLoRAEmbedding",
+    "MultiLoRALinear",
     "lora_parameter_names",
     "lora_state_dict",
     "mark_only_lora_as_trainable",

@@ -11,6 +11,8 @@ package holds the course around it:
     hf.py          the tiny GPT as a Hugging Face GPT2LMHeadModel (lesson 12)
     memory.py      GPU memory of full fine-tuning, LoRA and QLoRA, per parameter (lessons 11, 14)
     distributed.py torchrun -m lora_course.distributed: LoRA under DDP, checked against one process (lesson 14)
+    serving.py     many adapters on one base, three ways (merged copies, swapping, mixed batch), timed
+                   side by side (lesson 13, make bench)
     checkers/      the exercise checkers, one module per lesson: a probe (runs the learner's answer) and a
                    judge (compares with lora_basics) per exercise
     exercises.py   python -m lora_course.exercises: student copies from the instructor notebooks

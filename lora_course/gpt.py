@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.resources
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 import torch.nn.functional as F
@@ -155,9 +156,9 @@ def _find_checkpoint() -> Path:
 CHECKPOINT = _find_checkpoint()
 
 
-def load_pretrained(path: str | Path = CHECKPOINT) -> GPT:
-    """The pretrained tiny GPT of ``data/tiny_gpt.pt``, in eval mode."""
-    if not Path(path).is_file():
+def load_pretrained(path: str | Path | BinaryIO = CHECKPOINT) -> GPT:
+    """The pretrained tiny GPT of ``data/tiny_gpt.pt`` (or of an open binary file holding it), in eval mode."""
+    if isinstance(path, (str, Path)) and not Path(path).is_file():
         raise FileNotFoundError(
             f"no pretrained tiny GPT at {path}: in a checkout it is data/tiny_gpt.pt (`make data` rebuilds it); "
             "an installed lora-basics ships it as lora_course/data/tiny_gpt.pt"

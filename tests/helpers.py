@@ -122,3 +122,15 @@ def solved_copy(nb):
             cell.source = "\n".join(line for line in cell.source.split("\n") if line.strip() not in (BEGIN, END))
             cell.outputs, cell.execution_count = [], None
     return solved
+
+
+def tiny_gpt2(seed: int = 0):
+    """A randomly initialised Hugging Face GPT-2 (nothing downloaded), untied so that wte and lm_head are
+    separate. Needs ``transformers`` (tests that use it skip without it)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=False
+    )
+    return transformers.GPT2LMHeadModel(config).eval()

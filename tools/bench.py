@@ -10,19 +10,26 @@ round by round and each reports its median, so a slow moment of the machine hits
 Ratios are ``median(case) / median(frozen torch layer)``: 1.00x means LoRA costs nothing extra.
 The "formula" rows run the layer's ``forward_formula`` (the maths as written) instead of its fused
 ``forward``: the difference is what the fused ``addmm`` buys.
+
+Multi-adapter serving (lesson 13, :mod:`lora_course.serving`): inference throughput of a batch whose
+rows use 1, 2, 4, 8 or 16 different adapters, on a GPT-2-small block and on the tiny GPT (both as
+Hugging Face ``GPT2LMHeadModel`` so that PEFT runs on the very same model): (a) one merged model per
+adapter, (b) merge/unmerge swapping between sub-batches, (c) the mixed batch of
+``lora_basics.MultiAdapterModel``, and PEFT's mixed batch. Ratios are throughputs over one merged model
+running the whole batch (the speed of the base model): higher is better, 1.00x means no cost.
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 import lora_basics as lora
+from lora_course import serving
+from lora_course.serving import time_cases
 
 TOKENS, D = (8, 128), 768
 
@@ -80,20 +87,6 @@ def _peft_linear(in_features: int, out_features: int, r: int) -> nn.Module | Non
         return None
     model = nn.Sequential(nn.Linear(in_features, out_features))
     return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"]))
-
-
-def time_cases(cases: dict[str, Callable[[], None]], rounds: int, warmup: int = 5) -> dict[str, float]:
-    """Median seconds per call of each case, interleaving the cases round by round."""
-    for step in cases.values():
-        for _ in range(warmup):
-            step()
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    for _ in range(rounds):
-        for name, step in cases.items():
-            start = time.perf_counter()
-            step()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def run(rounds: int = 60, threads: int = 2, seed: int = 0) -> list[tuple[str, str, float, float]]:
@@ -154,11 +147,85 @@ def _group(title: str, layers: dict[str, nn.Module], make_step, rounds: int) -> 
     return [(title, name, 1000 * t, t / baseline) for name, t in medians.items()]
 
 
+#: The LoRA adapters served: Q and V of every fused c_attn, r = 8 (the LoRA paper's GPT-2 targets).
+SERVED_ADAPTER = {
+    "target_modules": ["c_attn"],
+    "r": 8,
+    "lora_alpha": 16,
+    "enable_lora": {"c_attn": [True, False, True]},
+}
+
+
+def _serving_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """``{title: (Hugging Face GPT-2 model, batch of token ids)}``, or ``{}`` without transformers/peft."""
+    try:
+        import peft  # noqa: F401
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError:
+        return {}
+    from lora_course.gpt import load_pretrained
+    from lora_course.hf import to_hf_gpt2
+
+    torch.manual_seed(0)
+    small = GPT2Config(
+        n_embd=D,
+        n_head=12,
+        n_layer=1,
+        vocab_size=64,
+        n_positions=32,
+        tie_word_embeddings=False,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=None,
+        eos_token_id=None,
+    )
+    tiny = to_hf_gpt2(load_pretrained()).eval()
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "GPT-2-small block (d=768, 12 heads, 1 layer, vocab 64)": (
+            GPT2LMHeadModel(small).eval(),
+            torch.randint(0, 64, (16, 16), generator=generator),
+        ),
+        "tiny GPT of lesson 09 (d=144, 2 layers)": (tiny, torch.randint(0, 15, (32, 13), generator=generator)),
+    }
+
+
+def run_serving(rounds: int = 6, counts: tuple[int, ...] = serving.ADAPTER_COUNTS) -> list[tuple[str, list[dict]]]:
+    """The multi-adapter serving tables: ``[(title, rows of lora_course.serving.Serving.measure)]``."""
+    tables = []
+    for title, (base, x) in _serving_models().items():
+        adapters = serving.random_adapters(base, max(counts), SERVED_ADAPTER)
+        setups = serving.Serving(base, adapters, SERVED_ADAPTER, peft=True)
+        del adapters
+        rows = setups.measure(x, counts=counts, rounds=rounds)
+        tables.append((f"{title}, batch {x.shape[0]}x{x.shape[1]} tokens", rows))
+    return tables
+
+
+def print_serving(tables: list[tuple[str, list[dict]]]) -> None:
+    for title, rows in tables:
+        print(f"\nMulti-adapter serving, {title}: LoRA r=8 on Q,V, row i uses adapter i % n")
+        print(f"  {'adapters':>8s}  {'case':<30s} {'ms':>8s} {'tokens/s':>10s} {'ratio':>6s} {'memory':>10s}")
+        for row in rows:
+            memory = f"{row['bytes'] / 2**20:7.1f} MB" if row["bytes"] else f"{'-':>10s}"
+            print(
+                f"  {row['adapters']:>8d}  {row['case']:<30s} {1000 * row['seconds']:8.2f} "
+                f"{row['tokens_per_second']:10,.0f} {row['ratio']:5.2f}x {memory}"
+            )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=60, help="timed calls per case (default 60)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--adapters",
+        default=",".join(map(str, serving.ADAPTER_COUNTS)),
+        help="adapter counts of the serving tables (default 1,2,4,8,16)",
+    )
     args = parser.parse_args(argv)
+    counts = tuple(int(n) for n in args.adapters.split(","))
     rows = run(rounds=args.rounds, threads=args.threads)
     print(
         f"batch {TOKENS[0]}x{TOKENS[1]} tokens, d={D}, {args.threads} threads, median of {args.rounds} interleaved rounds"
@@ -169,6 +236,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"\n{title}")
             group = title
         print(f"  {name:<38s} {ms:8.2f} ms   {ratio:5.2f}x")
+    # The serving cases run a whole model per call: a tenth of the rounds keeps `make bench` short.
+    print_serving(run_serving(rounds=max(1, args.rounds // 10), counts=counts))
 
 
 if __name__ == "__main__":

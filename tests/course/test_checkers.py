@@ -194,6 +194,13 @@ def _export_plain_adds_twice(model):
 
 
 #: checker -> (wrong answer, expected status, a fragment the message must contain)
+def _stack_without_transposing_b(factors):
+    rank = max(A.shape[0] for A, _, _ in factors)
+    A_T = torch.stack([F.pad(A.T, (0, rank - A.shape[0])) for A, _, _ in factors])  # (n, in, R)
+    B = torch.stack([F.pad(B, (0, rank - B.shape[1])) for _, B, _ in factors])  # (n, out, R): B, not B^T
+    return A_T, B, torch.tensor([s for _, _, s in factors])
+
+
 WRONG = {
     "check_param_counts": (lambda d, k, r: (d * k, r * d * k), "failed", "B is d x r"),
     "check_best_rank_r": (
@@ -237,6 +244,17 @@ WRONG = {
     "check_lora_counts": (_counts_c_proj_once, "failed", "AND mlp.c_proj"),
     "check_inject_qv": (_inject_qv_not_frozen, "failed", "mark_only_lora_as_trainable"),
     "check_export_plain": (_export_plain_adds_twice, "failed", "ALREADY merged"),
+    "check_stack_adapters": (_stack_without_transposing_b, "failed", "transpose each B"),
+    "check_mixed_linear": (
+        lambda x, W, b, A_T, B_T, s, slots: x @ W.T + b + torch.bmm(torch.bmm(x, A_T[slots]), B_T[slots]),
+        "failed",
+        "scaling[slots].view(-1, 1, 1)",
+    ),
+    "check_mixed_embedding": (
+        lambda ids, W0, A_T, B_T, s, slots: W0[ids] + s[slots[0]] * A_T[slots[0]][ids] @ B_T[slots[0]],
+        "failed",
+        "ITS OWN table",
+    ),
     "check_shard_loss": (
         lambda logits, targets, n, world: F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100),
         "failed",

@@ -10,19 +10,10 @@ import torch
 
 import lora_basics as lora
 from lora_basics.peft_bridge import CONFIG_FILE, PREFIX, WEIGHTS_FILE, load_safetensors, save_safetensors
-from tests.helpers import randomize_lora
+from tests.helpers import randomize_lora, tiny_gpt2
 
 transformers = pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
-
-
-def tiny_gpt2(seed: int = 0):
-    """A randomly initialised GPT-2 (nothing downloaded), untied so that wte and lm_head are separate."""
-    torch.manual_seed(seed)
-    config = transformers.GPT2Config(
-        vocab_size=50, n_positions=16, n_embd=16, n_layer=2, n_head=2, tie_word_embeddings=False
-    )
-    return transformers.GPT2LMHeadModel(config).eval()
 
 
 TOKENS = torch.randint(0, 50, (3, 10), generator=torch.Generator().manual_seed(1))

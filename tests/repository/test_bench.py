@@ -1,5 +1,5 @@
-"""The benchmark script runs and reports the three ratios (its numbers are not asserted: speed is
-measured by `make bench`, not by timed tests)."""
+"""The benchmark script runs and reports the three ratios and the multi-adapter serving tables (its
+numbers are not asserted: speed is measured by `make bench`, not by timed tests)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from tools import bench
 
 
 def test_bench_reports_every_case(capsys):
-    bench.main(["--rounds", "1"])
+    bench.main(["--rounds", "1", "--adapters", "1,2"])
     printed = capsys.readouterr().out
     for line in (
         "Linear 768->768, train step",
@@ -18,6 +18,15 @@ def test_bench_reports_every_case(capsys):
         "lora_basics.MergedLinear, formula",
         "Linear 768->768, eval forward",
         "lora_basics.Linear r=8, merged",
+        "Multi-adapter serving, GPT-2-small block",
+        "Multi-adapter serving, tiny GPT of lesson 09",
+        "one merged model, whole batch",
+        "(a) merged copies",
+        "(b) merge/unmerge swap",
+        "(c) mixed batch",
+        "PEFT mixed batch",
     ):
         assert line in printed
-    assert printed.count("1.00x") >= 3  # each group's baseline
+    assert printed.count("1.00x") >= 5  # each group's baseline
+    serving_rows = [line.split() for line in printed.splitlines() if "mixed batch" in line or "merged copies" in line]
+    assert sorted({int(row[0]) for row in serving_rows}) == [1, 2]  # one row per adapter count asked for
