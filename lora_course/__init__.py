@@ -7,6 +7,8 @@ package holds the course around it:
                    committed notebook keeps of its metadata
     gpt.py         the tiny GPT-2-style model that lesson 09 adapts (and load_pretrained)
     tasks.py       its procedural corpus and downstream tasks
+    diagrams.py    the lessons' diagrams, drawn with matplotlib (LoRA bypass, kernel as a matrix,
+                   merge state machine, layers of a GPT block)
     pretrain.py    python -m lora_course.pretrain: rebuilds data/tiny_gpt.pt (make data)
     checkers/      the exercise checkers, one module per lesson
     exercises.py   python -m lora_course.exercises: student copies from the instructor notebooks
