@@ -7,6 +7,8 @@ package holds the course around it:
                    committed notebook keeps of its metadata
     gpt.py         the tiny GPT-2-style model that lesson 09 adapts (and load_pretrained)
     tasks.py       its procedural corpus and downstream tasks
+    diagrams.py    the lessons' diagrams, drawn with matplotlib (LoRA bypass, kernel as a matrix,
+                   merge state machine, layers of a GPT block)
     pretrain.py    python -m lora_course.pretrain: rebuilds data/tiny_gpt.pt (make data)
     hf.py          the tiny GPT as a Hugging Face GPT2LMHeadModel (lesson 12)
     memory.py      GPU memory of full fine-tuning, LoRA and QLoRA, per parameter (lessons 11, 14)

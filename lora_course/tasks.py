@@ -9,10 +9,11 @@ the transformed word and a full stop::
     cafe?dbgf.    "?": one of the three, chosen at random for each line of the corpus
 
 The pretraining corpus mixes the four operators equally. After ``?`` a pretrained model can only
-guess which transform is meant (it can tell from the first answer letter on). Each downstream task
-gives ``?`` one fixed meaning, which fine-tuning has to learn:
+guess which transform is meant (it could tell from the first answer letter on, but the tiny model
+does not learn to). Each downstream task gives ``?`` one fixed meaning, which fine-tuning has to learn:
 
     task A: ``?`` means shift  (cafe?dbgf.)        task B: ``?`` means shift back  (cafe?bjed.)
+    task C: ``?`` means shift by two  (cafe?echg.): a transform the corpus never shows, a new skill
 
 Everything is generated from a seed with ``random.Random``, the same on every machine. Characters
 are tokens: ``VOCAB`` has 15 of them.
@@ -37,8 +38,11 @@ OPERATORS = {
 }
 ANY = "?"  # the ambiguous operator
 PRETRAIN_OPS = "=+-?"
-#: Downstream task -> the operator that ``?`` stands for.
-TASKS = {"A": "+", "B": "-"}
+#: What ``?`` can mean in a downstream task: the transform of an operator, or ``"++"``, shift by two,
+#: which no line of the pretraining corpus shows.
+MEANINGS = {op: transform for op, (_, transform) in OPERATORS.items()} | {"++": lambda w: _shift(w, 2)}
+#: Downstream task -> the meaning of ``?`` (a key of ``MEANINGS``).
+TASKS = {"A": "+", "B": "-", "C": "++"}
 END = "."
 VOCAB = END + LETTERS + "=+-?"
 #: The longest line: word, operator, answer, full stop.
@@ -70,16 +74,17 @@ def random_word(rng: random.Random) -> str:
 def line(word: str, op: str, meaning: str | None = None) -> str:
     """``word`` transformed by operator ``op``, as one line: ``line("cafe", "+") == "cafe+dbgf."``.
 
-    For ``op="?"``, ``meaning`` is the operator whose transform the answer uses.
+    For ``op="?"``, ``meaning`` is the key of ``MEANINGS`` whose transform the answer uses:
+    ``line("cafe", "?", "++") == "cafe?echg."``.
     """
     meaning = meaning or op
     if op not in OPERATORS and op != ANY:
         raise ValueError(f"op must be one of {list(OPERATORS) + [ANY]}, got {op!r}")
-    if meaning not in OPERATORS or (op != ANY and meaning != op):
+    if meaning not in MEANINGS or (op != ANY and meaning != op):
         raise ValueError(
-            f"meaning must be one of {list(OPERATORS)} (and equal op unless op is {ANY!r}), got {meaning!r}"
+            f"meaning must be one of {list(MEANINGS)} (and equal op unless op is {ANY!r}), got {meaning!r}"
         )
-    return f"{word}{op}{OPERATORS[meaning][1](word)}{END}"
+    return f"{word}{op}{MEANINGS[meaning](word)}{END}"
 
 
 def _lines(texts: list[str], answer_only: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,10 +133,10 @@ def task_tensors(words: list[str], op: str, meaning: str | None = None) -> tuple
 
 
 def task_data(task: str, n_train: int = 2000, n_test: int = 500, seed: int = 0):
-    """Train and test tensors of downstream task ``"A"`` or ``"B"``: ``(x_train, y_train), (x_test, y_test)``.
+    """Train and test tensors of downstream task ``"A"``, ``"B"`` or ``"C"``: ``(x_train, y_train), (x_test, y_test)``.
 
-    Lines ``word?answer.`` with the answer made by operator ``TASKS[task]``. The test words are drawn first (seed ``seed``), then the training words (seed ``seed + 1``),
-    avoiding every test word.
+    Lines ``word?answer.`` with the answer made by ``MEANINGS[TASKS[task]]``. The test words are drawn
+    first (seed ``seed``), then the training words (seed ``seed + 1``), avoiding every test word.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {list(TASKS)}, got {task!r}")
