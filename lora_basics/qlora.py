@@ -11,7 +11,8 @@ the matmul. Only ``A`` and ``B`` train, in full precision; the input gradient st
 10% of the weights' RMS) is part of the model LoRA then fine-tunes.
 
 Storage. The quantized weight lives in buffers, so ``.to(device)``, ``state_dict()`` and
-``load_state_dict()`` carry it: ``weight_packed`` (uint8, two codes per byte) and ``weight_absmax``
+``load_state_dict()`` carry it (``.to(dtype)`` casts the bias and the factors, never the 4-bit weight
+or its statistics): ``weight_packed`` (uint8, two codes per byte) and ``weight_absmax``
 (float32, one per block of 64), or with double quantization ``weight_absmax_codes`` (uint8),
 ``weight_absmax_scale`` (float32, one per 256 blocks) and ``weight_absmax_offset``. The weight is
 always quantized in the ``(out, in)`` layout, as bitsandbytes' ``Linear4bit`` holds it: a GPT-2
@@ -244,6 +245,18 @@ class QLoRALinear(LoRALayer, nn.Module):
             return result
         after_A = F.linear(self.lora_dropout(x).to(self.lora_A.dtype), self.lora_A)  # (..., r)
         return result + (F.linear(after_A, self.lora_B) * self.scaling).to(result.dtype)  # (..., out)
+
+    def _apply(self, fn, recurse=True):
+        # .to(dtype), .half(), .bfloat16() cast every floating-point buffer; the quantization statistics
+        # must keep their float32 values (as bitsandbytes' quantization state does), so only their
+        # device follows. The bias and the factors are cast as usual.
+        statistics = {
+            name: t for name, t in self._buffers.items() if name.startswith("weight_") and t.is_floating_point()
+        }
+        super()._apply(fn, recurse)
+        for name, before in statistics.items():
+            self._buffers[name] = before.to(self._buffers[name].device)
+        return self
 
     def _load_from_state_dict(self, state_dict, prefix, *args):
         # A full-precision checkpoint (an nn.Linear's or Conv1D's ``weight``): quantize it into the buffers.
