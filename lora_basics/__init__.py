@@ -24,12 +24,16 @@ One concept per module:
     multi_adapter.py  MultiAdapterModel: many adapters on one frozen base, a different one per row of a batch
     lora_plus.py      LoRA+: B at a larger learning rate than A (optimizer parameter groups)
     pissa.py          PiSSA: B A starts at the top-r singular part of W0, the residual stays frozen
+    dora.py           DoRA: a trainable magnitude per output feature, B A turns the direction (Linear)
     nf4.py            4-bit NormalFloat (QLoRA's base-weight format), bit for bit like bitsandbytes
+    qlora.py          QLoRALinear: a frozen NF4 base weight, dequantized in the forward, LoRA on top
     validation.py     argument checks with clear errors
 
 Defaults. The layers keep loralib's (``r=0``, ``lora_alpha=1``) so code written for loralib computes
 the same thing: mind that ``lora.Linear(..., r=16)`` then scales the update by 1/16. ``add_lora``
 defaults to ``r=8, lora_alpha=16``; the textbook ``LoRAConfig`` to ``lora_alpha = lora_r`` (scale 1).
+The variants are off unless asked for: ``use_rslora=False``, ``use_dora=False``,
+``init_lora_weights=True`` (not PiSSA), ``quantize_base=None`` (no 4-bit base).
 
 The course around the library (the tiny GPT, exercise checkers, grader) is the package
 ``lora_course``; nothing here imports it.
@@ -49,6 +53,7 @@ from .merged_linear import MergedLinear
 from .multi_adapter import MultiAdapterModel, MultiLoRAEmbedding, MultiLoRALinear
 from .peft_bridge import from_peft, to_peft
 from .pissa import init_pissa
+from .qlora import QLoRALinear
 from .utils import lora_parameter_names, lora_state_dict, mark_only_lora_as_trainable
 
 #: The one place the version is written (pyproject.toml reads it from here).
@@ -80,6 +85,7 @@ __all__ = [
     "MultiAdapterModel",
     "MultiLoRAEmbedding",
     "MultiLoRALinear",
+    "QLoRALinear",
     "lora_parameter_names",
     "lora_state_dict",
     "mark_only_lora_as_trainable",

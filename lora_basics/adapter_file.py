@@ -4,7 +4,8 @@
     model = load_adapter(fresh_base, "task_a.pt")     # injects LoRA as saved, then loads the tensors
 
 An adapter file stores, next to the LoRA tensors, every LoRA layer's settings (its type, ``r``,
-``lora_alpha``, ``enable_lora``, the shape of the pretrained weight) and a fingerprint of the base
+``lora_alpha``, ``enable_lora``, the shape of the pretrained weight, the variant: ``use_rslora``,
+``use_dora``, ``init_lora_weights``, ``quantize_base``) and a fingerprint of the base
 model's weights (and their dtypes), so loading it into another base model, or into a model injected
 with other settings, raises a ``ValueError`` that says what differs instead of silently computing
 garbage.
@@ -29,29 +30,36 @@ from torch import nn
 from .inject import BASE_SHELL, build_lora_layer, lora_layers, replace_module
 from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
-from .merge import weight_without_update
+from .merge import update_parameters, weight_without_update
+from .qlora import QUANT_FORMATS, QLoRALinear
 from .utils import lora_parameter_names, lora_state_dict, mark_only_lora_as_trainable
 
 ADAPTER_FORMAT = "lora_basics.adapter"
-#: Version 2 adds the base tensors' dtypes; version 1 files (without them) still load.
-ADAPTER_VERSION = 2
-READABLE_VERSIONS = (1, 2)
-LAYER_TYPES = ("Linear", "MergedLinear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "LoRALinear")
+#: Version 2 adds the base tensors' dtypes, version 3 the variants of LoRA below; older files still load.
+ADAPTER_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+LAYER_TYPES = ("Linear", "MergedLinear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "LoRALinear", "QLoRALinear")
+#: Layer settings that version 3 added, with the value a file of version 1 or 2 means.
+VARIANT_DEFAULTS = {"use_rslora": False, "use_dora": False, "init_lora_weights": True, "quantize_base": None}
 
 
 def _layer_settings(layer: nn.Module) -> dict:
     shell = getattr(layer, BASE_SHELL, None)
     entry = {"type": type(layer).__name__, "base_type": type(shell).__name__ if shell is not None else None}
     if isinstance(layer, LoRALinear):  # the textbook layer: no merging, no fan_in_fan_out
-        return entry | {
-            "weight_shape": list(layer.weight.shape),
-            "r": layer.r,
-            "lora_alpha": float(layer.scaling * layer.r),
-            "lora_dropout": float(layer.dropout.p),
-            "merge_weights": False,
-            "fan_in_fan_out": False,
-            "enable_lora": None,
-        }
+        return (
+            entry
+            | {
+                "weight_shape": list(layer.weight.shape),
+                "r": layer.r,
+                "lora_alpha": float(layer.scaling * layer.r),
+                "lora_dropout": float(layer.dropout.p),
+                "merge_weights": False,
+                "fan_in_fan_out": False,
+                "enable_lora": None,
+            }
+            | VARIANT_DEFAULTS
+        )
     return entry | {
         "weight_shape": list(layer.frozen_weight.shape),
         "r": layer.r,
@@ -60,6 +68,10 @@ def _layer_settings(layer: nn.Module) -> dict:
         "merge_weights": layer.merge_weights,
         "fan_in_fan_out": bool(getattr(layer, "fan_in_fan_out", False)),
         "enable_lora": list(getattr(layer, "enable_lora", [])) or None,
+        "use_rslora": layer.use_rslora,
+        "use_dora": layer.use_dora,
+        "init_lora_weights": layer.init_lora_weights,
+        "quantize_base": layer.quant_format if isinstance(layer, QLoRALinear) else None,
     }
 
 
@@ -190,6 +202,10 @@ _FIELDS = {
     "merge_weights": lambda v: isinstance(v, bool),
     "fan_in_fan_out": lambda v: isinstance(v, bool),
     "enable_lora": lambda v: v is None or (isinstance(v, list) and len(v) > 0 and all(isinstance(f, bool) for f in v)),
+    "use_rslora": lambda v: isinstance(v, bool),
+    "use_dora": lambda v: isinstance(v, bool),
+    "init_lora_weights": lambda v: v is True or v == "pissa",
+    "quantize_base": lambda v: v is None or v in QUANT_FORMATS,
 }
 
 
@@ -209,6 +225,8 @@ def _malformed(payload: object) -> str | None:
     for name, entry in layers.items():
         if not isinstance(name, str) or not isinstance(entry, dict):
             return f"'layers' must map module names to settings dicts, got {name!r}: {type(entry).__name__}"
+        if payload["version"] < 3:  # written before the variants existed: plain LoRA
+            entry = VARIANT_DEFAULTS | entry
         wrong = [field for field, valid in _FIELDS.items() if field not in entry or not valid(entry[field])]
         if wrong:
             return f"the settings of layer {name!r} have missing or invalid {wrong}"
@@ -243,6 +261,7 @@ def read_adapter(path: str | Path) -> dict:
     problem = _malformed(payload)
     if problem:
         raise ValueError(f"{path} is not a valid lora_basics adapter: {problem}")
+    payload["layers"] = {name: VARIANT_DEFAULTS | entry for name, entry in payload["layers"].items()}
     return payload
 
 
@@ -254,7 +273,7 @@ def _lora_snapshot(layer: nn.Module) -> Callable[[], None]:
     if isinstance(layer, LoRALinear):
         tensors, record = [layer.A.weight, layer.B.weight], None
     else:
-        tensors = [layer.lora_A, layer.lora_B] + ([layer.frozen_weight] if layer.merged else [])
+        tensors = update_parameters(layer) + ([layer.frozen_weight] if layer.merged else [])
         record = (layer.merged, layer.merged_factors)
     copies = [tensor.detach().clone() for tensor in tensors]
 
@@ -313,7 +332,7 @@ def _settings_differences(saved: dict[str, dict], current: dict[str, dict]) -> l
     for name in sorted(set(current) - set(saved)):
         found.append(f"the model has a LoRA layer {name!r} that the adapter does not have")
     for name in sorted(set(saved) & set(current)):
-        for field in ("type", "weight_shape", "r", "lora_alpha", "fan_in_fan_out", "enable_lora"):
+        for field in ("type", "weight_shape", "r", "lora_alpha", "fan_in_fan_out", "enable_lora", *VARIANT_DEFAULTS):
             if saved[name][field] != current[name][field]:
                 found.append(
                     f"{name}: {field} is {saved[name][field]} in the adapter, {current[name][field]} in the model"
@@ -344,10 +363,24 @@ def _check_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], path: str
             raise ValueError(f"{path}: tensor {key!r} is not a finite floating-point tensor")
 
 
+def _refuse_pissa_on_a_plain_base(saved: dict[str, dict], path: str | Path) -> None:
+    """A PiSSA adapter needs the residual weights it was trained on; a model without LoRA layers has ``W0``."""
+    pissa = [name for name, entry in saved.items() if entry["init_lora_weights"] == "pissa"]
+    if pissa:
+        raise ValueError(
+            f"{path} was trained on PiSSA-initialised layers ({_listed(pissa, 3)}): their frozen weights are the "
+            "residuals W0 - s B0 A0, which an adapter file does not hold, so it cannot restore the model on an "
+            "unmodified base. Load it into the model whose layers hold those residuals (save and load that "
+            "model's whole state_dict), or share the merged model (merge_and_export)."
+        )
+
+
 def load_adapter(model: nn.Module, path: str | Path, check_base: bool = True) -> nn.Module:
     """Load an adapter saved by :func:`save_adapter` into ``model`` (changed in place and returned).
 
-    - ``model`` without LoRA layers (a fresh base): LoRA is injected exactly as saved, then loaded.
+    - ``model`` without LoRA layers (a fresh base): LoRA is injected exactly as saved (rsLoRA, DoRA
+      and a 4-bit base included), then loaded. An adapter trained on PiSSA-initialised layers is
+      refused here: its frozen weights were residuals, not the base's (see :mod:`lora_basics.pissa`).
     - ``model`` with LoRA layers: their settings must equal the saved ones; the LoRA tensors are
       replaced (switching adapters on one frozen base).
 
@@ -362,6 +395,7 @@ def load_adapter(model: nn.Module, path: str | Path, check_base: bool = True) ->
     with _all_or_nothing(model):
         if not lora_layers(model):
             _check_base_modules(model, saved)
+            _refuse_pissa_on_a_plain_base(saved, path)
             layers = {
                 name: build_lora_layer(
                     model,
@@ -372,6 +406,9 @@ def load_adapter(model: nn.Module, path: str | Path, check_base: bool = True) ->
                     lora_dropout=entry["lora_dropout"],
                     merge_weights=entry["merge_weights"],
                     enable_lora=entry["enable_lora"],
+                    use_rslora=entry["use_rslora"],
+                    use_dora=entry["use_dora"],
+                    quantize_base=entry["quantize_base"],
                 )
                 for name, entry in saved.items()
             }

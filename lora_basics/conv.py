@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .lora_layer import LoRALayer, copy_pretrained
-from .validation import refuse_fan_in_fan_out
+from .validation import refuse_dora, refuse_fan_in_fan_out
 
 _TORCH_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -44,7 +44,8 @@ class ConvLoRA(LoRALayer, nn.Module):
     Args:
         conv_module: the torch convolution class, ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d``.
         in_channels, out_channels, kernel_size: as the torch convolution (int or tuple kernel).
-        r, lora_alpha, lora_dropout, merge_weights: as :class:`LoRALayer`.
+        r, lora_alpha, lora_dropout, merge_weights, use_rslora: as :class:`LoRALayer`. ``use_dora=True``
+            is refused.
         **kwargs: passed to the torch convolution (``stride``, ``padding``, ``dilation``,
             ``groups``, ``bias``, ``padding_mode``, ``device``, ``dtype``).
 
@@ -66,14 +67,24 @@ class ConvLoRA(LoRALayer, nn.Module):
         lora_alpha: float = 1,
         lora_dropout: float = 0.0,
         merge_weights: bool = True,
+        *,
+        use_rslora: bool = False,
         **kwargs,
     ):
         if not (isinstance(conv_module, type) and issubclass(conv_module, _TORCH_CONVS)):
             raise TypeError(f"conv_module must be nn.Conv1d, nn.Conv2d or nn.Conv3d (the class), got {conv_module!r}")
         refuse_fan_in_fan_out(type(self).__name__, kwargs)
+        refuse_dora(type(self).__name__, kwargs)
         nn.Module.__init__(self)
         self.conv = conv_module(in_channels, out_channels, kernel_size, **kwargs)
-        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
+        LoRALayer.__init__(
+            self,
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            merge_weights=merge_weights,
+            use_rslora=use_rslora,
+        )
         if self.r > 0:
             weight = self.conv.weight
             k0, rest = self.conv.kernel_size[0], math.prod(self.conv.kernel_size[1:])

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .lora_layer import LoRALayer, copy_pretrained
-from .validation import refuse_fan_in_fan_out
+from .validation import refuse_dora, refuse_fan_in_fan_out
 
 
 def lookup_options(module: nn.Embedding) -> dict:
@@ -42,7 +42,7 @@ class Embedding(LoRALayer, nn.Embedding):
 
     Args:
         num_embeddings, embedding_dim: as ``nn.Embedding``.
-        r, lora_alpha, merge_weights: as :class:`LoRALayer`.
+        r, lora_alpha, merge_weights, use_rslora: as :class:`LoRALayer`. ``use_dora=True`` is refused.
         **kwargs: passed to ``nn.Embedding`` (``padding_idx``, ``device``, ``dtype``, ...).
             ``max_norm`` is refused with ``r > 0``: torch renormalises the looked-up table in
             place, which would silently rescale ``lora_A`` (and break merged == unmerged).
@@ -55,12 +55,17 @@ class Embedding(LoRALayer, nn.Embedding):
         r: int = 0,
         lora_alpha: float = 1,
         merge_weights: bool = True,
+        *,
+        use_rslora: bool = False,
         **kwargs,
     ):
         refuse_fan_in_fan_out("Embedding", kwargs)
+        refuse_dora("Embedding", kwargs)
         nn.Embedding.__init__(self, num_embeddings, embedding_dim, **kwargs)
         # No dropout on an embedding's LoRA path: its "input" is a token id (as in loralib).
-        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=0.0, merge_weights=merge_weights)
+        LoRALayer.__init__(
+            self, r=r, lora_alpha=lora_alpha, lora_dropout=0.0, merge_weights=merge_weights, use_rslora=use_rslora
+        )
         if self.r > 0:
             if self.max_norm is not None:
                 raise ValueError(

@@ -14,13 +14,15 @@ from .linear import Linear
 from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
 from .merge import add_update, current_factors, merge_dtype
+from .qlora import QLoRALinear
 
 
 @torch.no_grad()
 def merged_weight(layer: nn.Module) -> torch.Tensor:
     """``W0 + ΔW`` as ``layer`` computes it in eval mode, as a new tensor (``layer`` is not changed).
 
-    A merged layer already holds it; otherwise it is computed in fp32 and rounded once, as merging does.
+    A merged layer already holds it; otherwise it is computed in fp32 and rounded once, as merging does
+    (DoRA's ``(m / n) ⊙ (W0 + ΔW)`` for a DoRA layer; the dequantized ``Ŵ + ΔW`` for a :class:`QLoRALinear`).
     """
     if isinstance(layer, LoRALinear):  # the textbook layer never merges: W + scaling * B A
         weight, dtype = layer.weight.detach(), merge_dtype(layer.weight)
@@ -41,7 +43,7 @@ def _plain_layer(layer: nn.Module) -> nn.Module:
         plain = copy.deepcopy(shell).to_empty(device=weight.device)
     elif isinstance(layer, ConvLoRA):
         plain = copy.deepcopy(layer.conv)
-    elif isinstance(layer, LoRALinear) or (isinstance(layer, Linear) and not layer.fan_in_fan_out):
+    elif isinstance(layer, LoRALinear) or (isinstance(layer, (Linear, QLoRALinear)) and not layer.fan_in_fan_out):
         plain = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
     elif isinstance(layer, Embedding):
         plain = nn.Embedding(layer.num_embeddings, layer.embedding_dim, **lookup_options(layer))
@@ -61,7 +63,8 @@ def merge_and_export(model: nn.Module) -> nn.Module:
 
     The copy needs no part of ``lora_basics`` (its layers are the base model's own classes), runs
     at the speed of the base model, and has every parameter trainable, like any freshly built model.
-    The textbook :class:`~lora_basics.LoRALinear` becomes an ``nn.Linear`` too.
+    The textbook :class:`~lora_basics.LoRALinear` becomes an ``nn.Linear`` too, and a
+    :class:`~lora_basics.QLoRALinear` a full-precision layer holding its dequantized weight plus ΔW.
     """
     exported = copy.deepcopy(model)
     for name, layer in lora_layers(exported).items():

@@ -15,6 +15,18 @@ GPT-2 ``Conv1D`` (weight ``(in, out)``)  the same, with ``fan_in_fan_out=True``
 ``nn.Conv1d`` / ``2d`` / ``3d``        :class:`Conv1d` / :class:`Conv2d` / :class:`Conv3d`
 =====================================  =============================================================
 
+Variants of LoRA, each off by default:
+
+- ``use_rslora=True``: every layer scales by ``lora_alpha / sqrt(r)`` (rank-stabilised LoRA).
+- ``use_dora=True``: DoRA (:mod:`lora_basics.dora`) on ``nn.Linear`` and ``Conv1D`` targets; any other
+  target is refused.
+- ``init_lora_weights="pissa"``: PiSSA (:func:`~lora_basics.init_pissa`) on every ``Linear`` target.
+  The frozen weights become the residuals ``W0 - s B A``: the model still computes what it computed,
+  but an adapter file alone no longer restores it on the original base (``load_adapter`` refuses).
+- ``quantize_base="nf4"`` (or ``"nf4-dq"``, with double quantization): QLoRA. ``nn.Linear`` and ``Conv1D``
+  targets become :class:`~lora_basics.QLoRALinear` layers whose frozen weight is stored in 4-bit NF4 and
+  computed in the dtype the module had; they never merge (``merge_weights`` defaults to False then).
+
 ``add_lora`` never silently changes what the model computes: a module that the LoRA layer could not
 reproduce exactly is refused up front, with its name and the reason (a subclass with its own
 ``forward``, forward hooks such as pruning, a parametrized weight, an embedding with ``max_norm``,
@@ -42,8 +54,10 @@ from .linear import Linear
 from .lora_layer import LoRALayer
 from .lora_linear import LoRALinear
 from .merged_linear import MergedLinear
+from .pissa import init_pissa
+from .qlora import QUANT_FORMATS, QLoRALinear
 from .utils import check_bias_mode, lora_parameter_names, mark_only_lora_as_trainable
-from .validation import validate_rank
+from .validation import validate_flag, validate_rank
 
 _CONVS = {nn.Conv1d: Conv1d, nn.Conv2d: Conv2d, nn.Conv3d: Conv3d}
 #: Attribute of a LoRA layer made by add_lora: the module it replaced, on the meta device.
@@ -102,24 +116,42 @@ def _why_unsupported(model: nn.Module, name: str, module: nn.Module) -> str | No
     return None
 
 
-def _wrap(module: nn.Module, enable_lora: list[bool] | None, layer_type: str | None, **lora_kwargs) -> nn.Module:
+def _wrap(
+    module: nn.Module, enable_lora: list[bool] | None, layer_type: str | None, quantize_base: str | None, **lora_kwargs
+) -> nn.Module:
     """The LoRA layer replacing the pretrained ``module``, with its weights.
 
-    ``lora_kwargs``: ``r``, ``lora_alpha``, ``lora_dropout``, ``merge_weights``, as every layer takes them.
+    ``lora_kwargs``: ``r``, ``lora_alpha``, ``lora_dropout``, ``merge_weights``, ``use_rslora``,
+    ``use_dora``, as every layer takes them (a layer without DoRA refuses ``use_dora=True``).
     ``layer_type="LoRALinear"`` builds the textbook layer (what an adapter saved from one asks for).
     """
+    is_linear = isinstance(module, nn.Linear) or _is_conv1d_style(module)
     if layer_type == "LoRALinear":
+        variants = [key for key in ("use_rslora", "use_dora") if lora_kwargs.get(key)]
+        if variants or quantize_base is not None:
+            raise ValueError(f"the textbook LoRALinear has no {variants or ['quantize_base']}")
         config = LoRAConfig(
             lora_r=lora_kwargs["r"], lora_dropout=lora_kwargs["lora_dropout"], lora_alpha=lora_kwargs["lora_alpha"]
         )
         return LoRALinear.from_linear(module, config)
+    if quantize_base is not None:
+        if quantize_base not in QUANT_FORMATS:
+            raise ValueError(f"quantize_base must be None or one of {QUANT_FORMATS}, got {quantize_base!r}")
+        if not is_linear or enable_lora is not None:
+            raise TypeError(
+                f"quantize_base={quantize_base!r} quantizes linear layers (nn.Linear, GPT-2's Conv1D, without "
+                "enable_lora); leave this module out of target_modules or add LoRA to it without quantize_base"
+            )
+        double_quant = quantize_base == "nf4-dq"
+        fan_in_fan_out = not isinstance(module, nn.Linear)
+        return QLoRALinear.from_module(module, fan_in_fan_out=fan_in_fan_out, double_quant=double_quant, **lora_kwargs)
     if isinstance(module, nn.Embedding):
         if enable_lora is not None:
             raise ValueError("enable_lora is for fused linear layers, not an nn.Embedding")
         # An embedding's LoRA path has no dropout (its input is a token id), as in loralib.
         lora_kwargs.pop("lora_dropout", None)
         return Embedding.from_module(module, **lora_kwargs)
-    if isinstance(module, nn.Linear) or _is_conv1d_style(module):
+    if is_linear:
         fan_in_fan_out = not isinstance(module, nn.Linear)
         if enable_lora is None:
             return Linear.from_module(module, fan_in_fan_out=fan_in_fan_out, **lora_kwargs)
@@ -131,19 +163,39 @@ def _wrap(module: nn.Module, enable_lora: list[bool] | None, layer_type: str | N
     raise TypeError("add_lora supports nn.Linear, GPT-2's Conv1D, nn.Embedding and nn.Conv1d/2d/3d")
 
 
+def _check_init(init_lora_weights: object) -> bool | str:
+    """``init_lora_weights`` checked: ``True`` (loralib's initialisation) or ``"pissa"``."""
+    if init_lora_weights is True or init_lora_weights == "pissa":
+        return init_lora_weights
+    raise ValueError(
+        f"init_lora_weights must be True (B = 0, A random, as loralib) or 'pissa', got {init_lora_weights!r}"
+    )
+
+
 def build_lora_layer(
-    model: nn.Module, name: str, enable_lora: list[bool] | None = None, layer_type: str | None = None, **lora_kwargs
+    model: nn.Module,
+    name: str,
+    enable_lora: list[bool] | None = None,
+    layer_type: str | None = None,
+    init_lora_weights: bool | str = True,
+    quantize_base: str | None = None,
+    **lora_kwargs,
 ) -> nn.Module:
     """The LoRA layer that would replace the module ``name`` of ``model`` (``model`` is not changed).
 
+    ``init_lora_weights="pissa"`` initialises it with :func:`~lora_basics.init_pissa`; ``quantize_base``
+    (``"nf4"``, ``"nf4-dq"``) builds a :class:`~lora_basics.QLoRALinear`.
     Raises ``TypeError``/``ValueError`` naming the module when it cannot be adapted exactly.
     """
+    _check_init(init_lora_weights)
     module = model.get_submodule(name)
     why = _why_unsupported(model, name, module)
     error: type[Exception] = ValueError
     if why is None:
         try:
-            layer = _wrap(module, enable_lora, layer_type, **lora_kwargs)
+            layer = _wrap(module, enable_lora, layer_type, quantize_base, **lora_kwargs)
+            if init_lora_weights == "pissa":
+                init_pissa(layer)  # the layer holds a copy of the weights: the model is not touched
         except (TypeError, ValueError) as problem:
             why, error = str(problem), type(problem)
     if why is not None:
@@ -200,8 +252,13 @@ def add_lora(
     lora_alpha: float = 16,
     lora_dropout: float = 0.0,
     enable_lora: dict[str, list[bool]] | None = None,
-    merge_weights: bool = True,
+    merge_weights: bool | None = None,
     bias: str = "none",
+    *,
+    use_rslora: bool = False,
+    use_dora: bool = False,
+    init_lora_weights: bool | str = True,
+    quantize_base: str | None = None,
 ) -> nn.Module:
     """Replace every module named by ``target_modules`` with a LoRA layer holding its pretrained weights.
 
@@ -210,11 +267,19 @@ def add_lora(
         target_modules: module names or name endings, e.g. ``["c_attn", "c_proj"]`` (every
             ``...c_attn`` and ``...c_proj``), ``["attn.c_proj"]``, ``["wte"]``. Each must match
             at least one module.
-        r, lora_alpha, lora_dropout, merge_weights: the settings of every new layer (``lora_dropout``
-            does not apply to embeddings); ``r >= 1``.
+        r, lora_alpha, lora_dropout: the settings of every new layer (``lora_dropout`` does not apply
+            to embeddings); ``r >= 1``.
         enable_lora: for fused projections: ``{target: flags}``, e.g. ``{"c_attn": [True, False, True]}``
             puts LoRA on Q and V of GPT-2's fused ``c_attn`` (a :class:`MergedLinear`).
+        merge_weights: merge on ``eval()``; default True, and False with ``quantize_base`` (a 4-bit
+            weight is never merged, so ``merge_weights=True`` is refused there).
         bias: which biases stay trainable, as in :func:`mark_only_lora_as_trainable`.
+        use_rslora: scale by ``lora_alpha / sqrt(r)`` instead of ``lora_alpha / r``; default False.
+        use_dora: DoRA on every target (``nn.Linear`` and ``Conv1D`` only); default False.
+        init_lora_weights: ``True`` (default: ``B = 0``) or ``"pissa"`` (PiSSA on every target,
+            ``nn.Linear`` and ``Conv1D`` only: the frozen weights become residuals, see the module docstring).
+        quantize_base: ``None`` (default), ``"nf4"`` or ``"nf4-dq"``: store the frozen weights of the
+            targets (``nn.Linear`` and ``Conv1D`` only) in 4-bit NF4, QLoRA's :class:`QLoRALinear`.
 
     Afterwards only the LoRA parameters (and ``bias`` biases) are trainable. All or nothing: if any
     target cannot be adapted, the error names it and the model is left exactly as it was.
@@ -222,6 +287,11 @@ def add_lora(
     targets = _target_names(model, target_modules)
     validate_rank(r, allow_zero=False)  # r = 0 would add nothing and freeze everything
     check_bias_mode(bias)
+    _check_init(init_lora_weights)
+    if quantize_base is not None and quantize_base not in QUANT_FORMATS:
+        raise ValueError(f"quantize_base must be None or one of {QUANT_FORMATS}, got {quantize_base!r}")
+    if merge_weights is None:
+        merge_weights = quantize_base is None
     enable_lora = dict(enable_lora or {})
     unknown = sorted(set(enable_lora) - set(targets))
     if unknown:
@@ -239,7 +309,16 @@ def add_lora(
         for name in matched:
             if chosen.get(name) is None:
                 chosen[name] = enable_lora.get(pattern)
-    settings = dict(r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
+    settings = dict(
+        r=r,
+        lora_alpha=lora_alpha,
+        lora_dropout=lora_dropout,
+        merge_weights=validate_flag("merge_weights", merge_weights),
+        use_rslora=validate_flag("use_rslora", use_rslora),
+        use_dora=validate_flag("use_dora", use_dora),
+        init_lora_weights=init_lora_weights,
+        quantize_base=quantize_base,
+    )
     # Build every layer first: a target that fails leaves the model untouched.
     layers = {name: build_lora_layer(model, name, enable_lora=flags, **settings) for name, flags in chosen.items()}
     for name, layer in layers.items():
@@ -249,12 +328,17 @@ def add_lora(
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:
-    """``{"trainable": ..., "total": ..., "lora": ...}`` parameter counts of ``model``."""
+    """``{"trainable": ..., "total": ..., "lora": ...}`` parameter counts of ``model``.
+
+    ``total`` counts the 4-bit weights of :class:`QLoRALinear` layers too (one per weight, as the
+    full-precision layer had): they are buffers, not parameters, but the model computes with them.
+    """
     lora = set(lora_parameter_names(model))
     params = dict(model.named_parameters())
+    quantized = sum(m.in_features * m.out_features for m in model.modules() if isinstance(m, QLoRALinear))
     return {
         "trainable": sum(p.numel() for p in params.values() if p.requires_grad),
-        "total": sum(p.numel() for p in params.values()),
+        "total": sum(p.numel() for p in params.values()) + quantized,
         "lora": sum(p.numel() for n, p in params.items() if n in lora),
     }
 

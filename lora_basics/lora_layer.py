@@ -4,6 +4,8 @@ A LoRA layer keeps the pretrained ``weight`` frozen and learns a low-rank update
 
     W = W0 + ΔW,    ΔW = scaling * B @ A  (reshaped to the layout of ``weight``),    scaling = lora_alpha / r
 
+(``scaling = lora_alpha / sqrt(r)`` with ``use_rslora=True``, see :class:`LoRALayer`.)
+
 Each concrete layer (``Linear``, ``MergedLinear``, ``Embedding``) subclasses ``LoRALayer`` *and* the
 torch layer it extends; ``ConvLoRA`` (``Conv1d/2d/3d``) holds its torch convolution in a child
 ``conv``, as loralib's does. Each says how to build ``ΔW`` in the layout of its frozen weight
@@ -31,18 +33,25 @@ Layers that do not provide ``delta_weight`` (a loralib-style subclass that merge
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
+from . import dora
 from .merge import (
     Factors,
     add_update,
     factors_changed,
     merge_layer,
     unmerge_layer,
+    update_parameters,
     weight_without_update,
 )
 from .validation import validate_alpha, validate_dropout, validate_flag, validate_rank
+
+#: State-dict names of what an update is built from, in the order of :func:`~lora_basics.merge.update_parameters`.
+UPDATE_NAMES = ("lora_A", "lora_B", "lora_magnitude")
 
 
 @torch.no_grad()
@@ -77,6 +86,11 @@ class LoRALayer:
         lora_dropout: dropout probability on the input of the LoRA path (train mode only).
         merge_weights: if True, ``eval()`` merges the update into the frozen weight (zero inference
             overhead) and ``train()`` unmerges it.
+        use_rslora: rank-stabilised LoRA (Kalajdzievski, 2023; PEFT's ``use_rslora``): scale by
+            ``lora_alpha / sqrt(r)`` instead of ``lora_alpha / r``. With ``1/r`` the update of a
+            larger rank learns more slowly at the same learning rate; ``1/sqrt(r)`` keeps the size of
+            its activations and gradients steady as ``r`` grows, so raising ``r`` keeps helping.
+            Default False: loralib's scale.
 
     Subclasses put ``LoRALayer`` *first* in their bases (``class Linear(LoRALayer, nn.Linear)``) so
     that ``train()`` and ``_load_from_state_dict`` below run before the torch layer's own, call
@@ -88,8 +102,13 @@ class LoRALayer:
     _version = 2
     #: Where the frozen weight is, as an attribute path from the layer (``"conv.weight"`` for ConvLoRA).
     frozen_weight_name = "weight"
+    #: DoRA (a learned magnitude per output feature): only :class:`Linear` supports it (``use_dora=True``).
+    use_dora = False
+    #: How the factors started: ``True`` (B or A zero, loralib's) or ``"pissa"`` (:func:`lora_basics.init_pissa`
+    #: moved the principal part of the frozen weight into them: the frozen weight is no longer ``W0``).
+    init_lora_weights: bool | str = True
 
-    def __init__(self, r: int, lora_alpha: float, lora_dropout: float, merge_weights: bool):
+    def __init__(self, r: int, lora_alpha: float, lora_dropout: float, merge_weights: bool, use_rslora: bool = False):
         if isinstance(self, nn.Module) and "_modules" not in self.__dict__:
             raise TypeError(
                 f"{type(self).__name__}: call nn.Module.__init__ (or the torch layer's __init__) before "
@@ -101,7 +120,8 @@ class LoRALayer:
         # nn.Identity rather than loralib's ``lambda x: x``: a lambda cannot be pickled.
         self.lora_dropout = nn.Dropout(p=lora_dropout) if lora_dropout > 0.0 else nn.Identity()
         self.merge_weights = validate_flag("merge_weights", merge_weights)
-        self.scaling = self.lora_alpha / self.r if self.r > 0 else 0.0
+        self.use_rslora = validate_flag("use_rslora", use_rslora)
+        self.scaling = self.lora_alpha / (math.sqrt(self.r) if self.use_rslora else self.r) if self.r > 0 else 0.0
         # True while ΔW is folded into the frozen weight, and the (lora_A, lora_B) that were folded in.
         self.merged = False
         self.merged_factors: Factors | None = None
@@ -160,9 +180,9 @@ class LoRALayer:
 
     def _check_lora_shapes(self, state_dict, prefix) -> None:
         """Wrong LoRA shapes get a clear error naming the key and both shapes (before anything is loaded)."""
-        for name in ("lora_A", "lora_B"):
+        params = update_parameters(self)
+        for name, mine in zip(UPDATE_NAMES[: len(params)], params, strict=True):
             key = prefix + name
-            mine = getattr(self, name)
             if key in state_dict and tuple(getattr(state_dict[key], "shape", ())) != tuple(mine.shape):
                 raise ValueError(
                     f"state dict key {key!r} has shape {tuple(getattr(state_dict[key], 'shape', ()))}, but this "
@@ -178,12 +198,13 @@ class LoRALayer:
         this layer, or into the child ``conv``). Every check runs before anything of the layer changes.
         """
         weight = self.frozen_weight
-        saved = [state_dict.get(prefix + name) for name in ("lora_A", "lora_B")]
-        has_factors = all(isinstance(t, torch.Tensor) for t in saved)
-        # The factors the layer will hold after the load (the saved ones, else its own), as stored.
+        mine = update_parameters(self)
+        saved = [state_dict.get(prefix + name) for name in UPDATE_NAMES[: len(mine)]]
+        has_factors = all(isinstance(t, torch.Tensor) for t in saved[:2])
+        # What the layer will hold after the load (the saved tensors, else its own), as stored.
         factors = tuple(
-            (new if isinstance(new, torch.Tensor) else mine).detach().to(mine).clone()
-            for new, mine in zip(saved, (self.lora_A, self.lora_B), strict=True)
+            (new if isinstance(new, torch.Tensor) else own).detach().to(own).clone()
+            for new, own in zip(saved, mine, strict=True)
         )
         key = prefix + self.frozen_weight_name
         incoming = state_dict.get(key)
@@ -191,15 +212,29 @@ class LoRALayer:
             incoming = incoming.detach().to(dtype=weight.dtype, device=weight.device)
             if "lora_merged" in local_metadata:  # saved by this library: it says
                 saved_merged = bool(local_metadata["lora_merged"])
+            elif self.use_dora and isinstance(saved[-1], torch.Tensor):  # a DoRA checkpoint holds W0
+                saved_merged = False
             else:  # loralib (no record): the weight as its layer held it; without factors, a pretrained W0
                 saved_merged = self.merged and has_factors
-            if saved_merged and not self.merged:
+            if self.use_dora:
+                # Only a LoRA layer saves merged (W0 + ΔW), so that is what a merged weight is taken out as.
+                W0 = add_update(self, incoming, factors[:2], sign=-1) if saved_merged else incoming
+                if not isinstance(saved[-1], torch.Tensor):
+                    # A weight without a magnitude (a pretrained checkpoint): start from it as PEFT does.
+                    factors = factors[:2] + (dora.weight_norm(self, W0, factors).to(factors[2]),)
+                    state_dict[prefix + "lora_magnitude"] = factors[2]
+                factors += (dora.weight_norm(self, W0, factors),)
+                state_dict[key] = add_update(self, W0, factors) if self.merged else W0
+            elif saved_merged and not self.merged:
                 state_dict[key] = add_update(self, incoming, factors, sign=-1)
             elif self.merged and not saved_merged:
                 state_dict[key] = add_update(self, incoming, factors)
         elif self.merged and any(isinstance(t, torch.Tensor) for t in saved):
             # Only the factors change (an adapter loaded into a merged layer): swap the merged update.
-            weight.copy_(add_update(self, weight_without_update(self), factors))
+            W0 = weight_without_update(self)
+            if self.use_dora:
+                factors += (dora.weight_norm(self, W0, factors),)
+            weight.copy_(add_update(self, W0, factors))
         else:
             return  # nothing to convert (or a weight of the wrong shape, which torch reports)
         if self.merged:
@@ -208,6 +243,8 @@ class LoRALayer:
     def extra_repr(self) -> str:
         torch_repr = super().extra_repr()
         mine = f"r={self.r}, lora_alpha={self.lora_alpha}, merged={self.merged}"
+        mine += ", use_rslora=True" if self.use_rslora else ""
+        mine += ", use_dora=True" if self.use_dora else ""
         return f"{torch_repr}, {mine}" if torch_repr else mine
 
 
@@ -216,13 +253,14 @@ def _record_merge_state(layer: LoRALayer, state_dict: dict, prefix: str, local_m
 
     A merged layer whose factors changed since it merged (``optimizer.step()`` after ``eval()``) holds
     ``W0 + ΔW(old factors)`` next to the new factors: it saves ``W0`` instead, recorded as unmerged,
-    so the checkpoint pairs the weight with the factors it saves.
+    so the checkpoint pairs the weight with the factors it saves. A DoRA layer always saves ``W0``:
+    its merged weight could not be taken apart without the norm it was divided by.
     """
     if not provides_update(layer):
         return
     merged = layer.merged
     key = prefix + layer.frozen_weight_name
-    if merged and key in state_dict and factors_changed(layer):
+    if merged and key in state_dict and (layer.use_dora or factors_changed(layer)):
         state_dict[key] = weight_without_update(layer)
         merged = False
     local_metadata["lora_merged"] = merged

@@ -27,14 +27,23 @@ toggles (evaluating during training) rounds a different sum each time, so in bf1
 weight random-walks a few units per hundred cycles (notebook 08 measures it); fp32 drift stays ~1e-6.
 Train in low precision with ``merge_weights=False`` and merge once at the end, or export with
 :func:`lora_basics.merge_and_export`.
+
+DoRA layers (``use_dora=True``) merge ``W = (m / n) ⊙ (W0 + ΔW)`` row by row instead
+(:mod:`lora_basics.dora`). Their merge record adds the magnitude ``m`` and the norm ``n`` it was divided
+by, and unmerging computes ``W0 = W / (m / n) - ΔW`` from that record: the same guarantees, with a
+division among the roundings (fp32: within a few units in the last place of ``W0``, without drift over
+toggles; tested).
 """
 
 from __future__ import annotations
 
 import torch
 
-#: ``(lora_A, lora_B)``: the two factors an update is built from.
-Factors = tuple[torch.Tensor, torch.Tensor]
+from . import dora
+
+#: What an update is built from: ``(lora_A, lora_B)``; for a DoRA layer ``(lora_A, lora_B, lora_magnitude,
+#: norm)``, the norm ``||W0 + ΔW||_row`` that merging divides by (see :mod:`lora_basics.dora`).
+Factors = tuple[torch.Tensor, ...]
 
 
 def merge_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -42,17 +51,29 @@ def merge_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(weight.dtype, torch.float32)
 
 
+def update_parameters(layer) -> list[torch.Tensor]:
+    """The trainable tensors the layer's update is built from: ``lora_A``, ``lora_B`` (and ``lora_magnitude`` with DoRA)."""
+    return [layer.lora_A, layer.lora_B] + ([layer.lora_magnitude] if layer.use_dora else [])
+
+
 def current_factors(layer) -> Factors:
-    """A copy of the layer's ``(lora_A, lora_B)`` as they are now (detached, so it never changes)."""
-    return layer.lora_A.detach().clone(), layer.lora_B.detach().clone()
+    """A copy of what the layer's update is built from now (detached, so it never changes).
+
+    ``(lora_A, lora_B)``; for DoRA also ``lora_magnitude`` and the norm of the (unmerged) layer's
+    ``W0 + ΔW``.
+    """
+    factors = tuple(p.detach().clone() for p in update_parameters(layer))
+    if layer.use_dora:
+        factors += (dora.weight_norm(layer, layer.frozen_weight, factors),)
+    return factors
 
 
 def factors_changed(layer) -> bool:
     """True when a merged layer's factors are no longer those it merged (changed in place since ``eval()``)."""
-    A, B = layer.merged_factors
-    return not (
-        torch.equal(layer.lora_A.detach(), A.to(layer.lora_A))
-        and torch.equal(layer.lora_B.detach(), B.to(layer.lora_B))
+    params = update_parameters(layer)  # a DoRA record also holds the norm, which is not a parameter
+    return not all(
+        torch.equal(param.detach(), merged.to(param))
+        for param, merged in zip(params, layer.merged_factors[: len(params)], strict=True)
     )
 
 
@@ -60,12 +81,16 @@ def factors_changed(layer) -> bool:
 def add_update(layer, weight: torch.Tensor, factors: Factors, sign: int = 1) -> torch.Tensor:
     """``weight + sign * ΔW(factors)`` as a new tensor of ``weight``'s dtype (``weight`` is untouched).
 
-    Computed in fp32 (or wider) and rounded once. Raises ``FloatingPointError`` when the result is
-    not finite where ``weight`` was: the update holds NaN/inf, or the sum overflows the dtype.
+    For a DoRA record (four tensors): ``(m / n) ⊙ (weight + ΔW)`` for ``sign = 1``, its inverse for
+    ``sign = -1``. Computed in fp32 (or wider) and rounded once. Raises ``FloatingPointError`` when the
+    result is not finite where ``weight`` was: the update holds NaN/inf, or the sum overflows the dtype.
     """
-    A, B = (factor.to(weight.device) for factor in factors)
     dtype = merge_dtype(weight)
-    result = (weight.detach().to(dtype) + sign * layer.delta_weight(dtype, factors=(A, B))).to(weight.dtype)
+    if len(factors) == dora.DORA_RECORD_LENGTH:
+        result = dora.fold(layer, weight.detach().to(dtype), factors, sign).to(weight.dtype)
+    else:
+        A, B = (factor.to(weight.device) for factor in factors)
+        result = (weight.detach().to(dtype) + sign * layer.delta_weight(dtype, factors=(A, B))).to(weight.dtype)
     broken = ~torch.isfinite(result) & torch.isfinite(weight)
     if broken.any():
         raise FloatingPointError(

@@ -7,7 +7,7 @@ from torch import nn
 
 from .linear import Linear
 from .lora_layer import LoRALayer
-from .validation import validate_enable_lora, validate_flag
+from .validation import refuse_dora, validate_enable_lora, validate_flag
 
 
 class MergedLinear(Linear):
@@ -37,11 +37,21 @@ class MergedLinear(Linear):
         enable_lora: list[bool] = [False],  # noqa: B006 - loralib's default, never mutated
         fan_in_fan_out: bool = False,
         merge_weights: bool = True,
+        *,
+        use_rslora: bool = False,
         **kwargs,
     ):
+        refuse_dora("MergedLinear", kwargs)
         flags = validate_enable_lora(enable_lora, out_features)
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
-        LoRALayer.__init__(self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=merge_weights)
+        LoRALayer.__init__(
+            self,
+            r=r,
+            lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
+            merge_weights=merge_weights,
+            use_rslora=use_rslora,
+        )
         self.fan_in_fan_out = validate_flag("fan_in_fan_out", fan_in_fan_out)
         self.enable_lora = flags
         n_slices, n_enabled = len(flags), sum(flags)

@@ -27,6 +27,7 @@ packed codes, the absmax values and the dequantized tensor with ``bitsandbytes.f
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -150,10 +151,9 @@ def quantize_blocks(
 
 
 def dequantize_blocks(codes: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int) -> torch.Tensor:
-    """``levels[codes] * absmax`` of each value's block (float32, flat)."""
-    values = levels[codes]
-    block_of_value = torch.arange(values.numel()) // blocksize
-    return values * absmax[block_of_value]
+    """``levels[codes] * absmax`` of each value's block (float32, flat), on the device of ``codes``."""
+    values = levels.to(codes.device)[codes]
+    return values * absmax.repeat_interleave(blocksize)[: values.numel()]  # each value times its block's absmax
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
@@ -225,13 +225,21 @@ def quantize_nf4(weight: torch.Tensor, blocksize: int = BLOCKSIZE, double_quant:
     return result
 
 
+@functools.cache
+def _dynamic_levels_table() -> torch.Tensor:
+    """:func:`dynamic_levels`, built once (dequantization runs at every forward pass of a QLoRA layer)."""
+    return dynamic_levels()
+
+
 def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
-    """The weight ``q`` stands for, in its original shape and dtype: ``NF4_LEVELS[code] * absmax``."""
+    """The weight ``q`` stands for, in its original shape and dtype: ``NF4_LEVELS[code] * absmax``.
+
+    Computed on the device the tensors of ``q`` are on.
+    """
     absmax = q.absmax
     if q.double_quant:
-        absmax = (
-            dequantize_blocks(q.absmax.long(), q.absmax_scale, dynamic_levels(), ABSMAX_BLOCKSIZE) + q.absmax_offset
-        )
+        table = _dynamic_levels_table()
+        absmax = dequantize_blocks(q.absmax.long(), q.absmax_scale, table, ABSMAX_BLOCKSIZE) + q.absmax_offset
     n = math.prod(q.shape)
     return dequantize_blocks(unpack(q.packed, n), absmax, NF4_LEVELS, q.blocksize).view(q.shape).to(q.dtype)
 

@@ -14,8 +14,16 @@ lora_basics                                 PEFT (``adapter_model.safetensors``,
 ``Embedding.lora_A`` ``(r, num)``           ``<name>.lora_embedding_A`` ``(r, num)``
 ``Embedding.lora_B`` ``(dim, r)``           ``<name>.lora_embedding_B`` ``(dim, r)``
 ``scaling = lora_alpha / r``                the same, from ``lora_alpha`` and ``r`` (or ``alpha_pattern``/``rank_pattern``)
+``use_rslora`` (``lora_alpha / sqrt(r)``)   ``use_rslora``
+``Linear.lora_magnitude`` ``(out,)`` (DoRA) ``<name>.lora_magnitude_vector`` ``(out,)``, with ``use_dora``
+``init_lora_weights="pissa"`` (PiSSA)       ``init_lora_weights: "pissa"``: loading redoes the split of ``W0``
 ``fan_in_fan_out`` (GPT-2 ``Conv1D``)       ``fan_in_fan_out`` (PEFT sets it itself for ``Conv1D`` targets)
+``QLoRALinear`` (NF4 base)                  a plain LoRA adapter (quantizing the base is the loader's business)
 ==========================================  ===================================================================
+
+PiSSA: the layers' frozen weights are residuals ``W0 - s B0 A0``. A PEFT adapter whose config says
+``init_lora_weights: "pissa"`` is loaded by PEFT (and by :func:`from_peft`) by redoing that split on the
+base it is given, then loading the trained factors: on the original base, the model comes back.
 
 A :class:`MergedLinear` (LoRA on some slices of a fused projection) has no PEFT counterpart, but it *is*
 a LoRA of rank ``r * k`` on the whole fused layer: ``A`` is its stacked ``lora_A`` ``(r*k, in)`` and ``B``
@@ -23,7 +31,8 @@ is the block-diagonal ``full_lora_B()`` ``(out, r*k)``, zero on the disabled sli
 ``lora_alpha / r``, so it is written with ``rank_pattern = r*k`` and ``alpha_pattern = lora_alpha*k``.
 Read back, it becomes a plain :class:`Linear` of rank ``r*k`` computing the same thing.
 
-Conv layers are refused: PEFT factors a kernel differently (``A`` a convolution, ``B`` a 1x1
+PEFT keeps ``use_rslora``, ``use_dora`` and ``init_lora_weights`` once per adapter: a model mixing them is
+refused, as are conv layers: PEFT factors a kernel differently (``A`` a convolution, ``B`` a 1x1
 convolution), so loralib's reshaped ``B @ A`` has no exact PEFT form.
 
 The ``.safetensors`` format is simple enough to write here (8 bytes of header length, a JSON header of
@@ -35,6 +44,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import math
 import re
 import struct
 from pathlib import Path
@@ -110,8 +120,20 @@ def _peft_factors(layer) -> dict[str, torch.Tensor]:
         return {"lora_A.weight": layer.A.weight, "lora_B.weight": layer.B.weight}
     if isinstance(layer, Embedding):
         return {"lora_embedding_A": layer.lora_A, "lora_embedding_B": layer.lora_B}
-    # Linear's full_lora_B() is lora_B itself; MergedLinear's is the block-diagonal (out, r*k) B.
-    return {"lora_A.weight": layer.lora_A, "lora_B.weight": layer.full_lora_B()}
+    # MergedLinear's B is the block-diagonal (out, r*k) full_lora_B().
+    B = layer.full_lora_B() if isinstance(layer, MergedLinear) else layer.lora_B
+    factors = {"lora_A.weight": layer.lora_A, "lora_B.weight": B}
+    if layer.use_dora:
+        factors["lora_magnitude_vector"] = layer.lora_magnitude
+    return factors
+
+
+def _one_setting(layers: dict[str, nn.Module], name: str, default) -> object:
+    """The value of setting ``name`` shared by all ``layers`` (PEFT has one per adapter), else ``ValueError``."""
+    values = {getattr(layer, name, default) for layer in layers.values()}
+    if len(values) > 1:
+        raise ValueError(f"PEFT has one {name} per adapter, the layers use {sorted(values, key=str)}")
+    return values.pop()
 
 
 def _dropout(layer) -> nn.Module:
@@ -122,8 +144,9 @@ def to_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: st
     """Write the LoRA layers of ``model`` as a PEFT LoRA adapter in ``directory`` (created if needed).
 
     ``peft.PeftModel.from_pretrained(base, directory)`` on the same base model then computes what
-    ``model`` computes. Raises ``ValueError`` for what PEFT cannot express (conv layers, layers with
-    different dropout).
+    ``model`` computes (for PiSSA layers: the original base; PEFT redoes the split). Raises
+    ``ValueError`` for what PEFT cannot express (conv layers; layers that differ in dropout,
+    ``use_rslora``, ``use_dora`` or ``init_lora_weights``).
     """
     layers = lora_layers(model)
     if not layers:
@@ -134,11 +157,15 @@ def to_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: st
     dropouts = {float(getattr(_dropout(layer), "p", 0.0)) for layer in layers.values()}
     if len(dropouts) > 1:
         raise ValueError(f"PEFT has one lora_dropout per adapter, the layers use {sorted(dropouts)}")
+    use_rslora = _one_setting(layers, "use_rslora", False)  # the textbook LoRALinear has no variants
+    use_dora = _one_setting(layers, "use_dora", False)
+    init_lora_weights = _one_setting(layers, "init_lora_weights", True)
     ranks, alphas, tensors = {}, {}, {}
     for name, layer in layers.items():
         k = sum(layer.enable_lora) if isinstance(layer, MergedLinear) else 1
-        alpha = layer.scaling * layer.r  # lora_alpha (the textbook layer keeps only the scale)
-        ranks[name], alphas[name] = layer.r * k, float(alpha) * k  # same scale alpha / r
+        ranks[name] = layer.r * k
+        # The alpha that gives the same scale at rank r * k: scaling * r (or * sqrt(r) with rsLoRA).
+        alphas[name] = float(layer.scaling * (math.sqrt(ranks[name]) if use_rslora else ranks[name]))
         for key, tensor in _peft_factors(layer).items():
             tensors[f"{PREFIX}{name}.{key}"] = tensor.detach()
     r = max(set(ranks.values()), key=list(ranks.values()).count)  # the most common rank; the rest as patterns
@@ -156,9 +183,9 @@ def to_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: st
         "alpha_pattern": {name: value for name, value in alphas.items() if value != alpha},
         "fan_in_fan_out": any(getattr(layer, "fan_in_fan_out", False) for layer in layers.values()),
         "bias": "none",
-        "use_rslora": False,
-        "use_dora": False,
-        "init_lora_weights": True,
+        "use_rslora": use_rslora,
+        "use_dora": use_dora,
+        "init_lora_weights": init_lora_weights,
         "modules_to_save": None,
     }
     directory = Path(directory)
@@ -172,14 +199,17 @@ def to_peft(model: nn.Module, directory: str | Path, base_model_name_or_path: st
 
 #: PEFT settings this library reproduces exactly, with the value it must have (anything else is refused).
 _MUST_BE = {
-    "use_dora": False,
-    "use_rslora": False,
     "bias": "none",
     "modules_to_save": None,
     "layers_to_transform": None,
     "layers_pattern": None,
     "target_parameters": None,
 }
+
+
+#: PEFT's ``init_lora_weights`` values a trained adapter can be loaded with: those that leave the base
+#: weight alone, and PiSSA (whose split of ``W0`` is redone exactly, as PEFT does).
+_INITS = {True: True, False: True, "gaussian": True, "pissa": "pissa"}
 
 
 def _pattern_value(name: str, patterns: dict, default):
@@ -203,16 +233,21 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
 
     ``model`` is the base model the adapter was trained on, without LoRA layers; each target becomes
     the matching ``lora_basics`` layer (``Linear``, ``fan_in_fan_out`` for GPT-2's ``Conv1D``,
-    ``Embedding``) holding PEFT's factors, so ``model`` computes what the PEFT model computes.
+    ``Embedding``) holding PEFT's factors (and DoRA's magnitudes, with rsLoRA's scale, after PiSSA's
+    split of the weight when the config says so), so ``model`` computes what the PEFT model computes.
     Raises ``ValueError``, leaving ``model`` unchanged, for settings PEFT has and this library does not
-    (DoRA, rsLoRA, trained biases, extra saved modules), a tensor the adapter lacks or has too many,
-    and a base tensor in the adapter that differs from the model's.
+    (trained biases, extra saved modules, DoRA on an embedding, other initialisations that change the
+    base), a tensor the adapter lacks or has too many, and a base tensor in the adapter that differs
+    from the model's.
     """
     directory = Path(directory)
     config = json.loads((directory / CONFIG_FILE).read_text())
     if config.get("peft_type") != "LORA":
         raise ValueError(f"{directory} holds a {config.get('peft_type')!r} adapter; only LORA is supported")
     unsupported = {key: config[key] for key, value in _MUST_BE.items() if config.get(key, value) not in (value, [], {})}
+    init = config.get("init_lora_weights", True)
+    if not isinstance(init, (bool, str)) or init not in _INITS:
+        unsupported["init_lora_weights"] = init
     if unsupported:
         raise ValueError(f"{directory}: PEFT settings not supported here: {unsupported}")
     if lora_layers(model):
@@ -226,9 +261,10 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
         module = model.get_submodule(name)
         kind = ("lora_embedding_A", "lora_embedding_B") if isinstance(module, nn.Embedding) else None
         keys = kind or ("lora_A.weight", "lora_B.weight")
-        expected.update(
-            {f"{PREFIX}{name}.{key}": (name, attr) for key, attr in zip(keys, ("lora_A", "lora_B"), strict=True)}
-        )
+        attrs = ("lora_A", "lora_B")
+        if config.get("use_dora"):
+            keys, attrs = (*keys, "lora_magnitude_vector"), (*attrs, "lora_magnitude")
+        expected.update({f"{PREFIX}{name}.{key}": (name, attr) for key, attr in zip(keys, attrs, strict=True)})
     # Base tensors saved along (PEFT saves embedding layers it targets): accepted only if they equal ours.
     for key in sorted(set(tensors) - set(expected)):
         base_key = key.removeprefix(PREFIX).replace(".base_layer.", ".")
@@ -243,7 +279,17 @@ def from_peft(model: nn.Module, directory: str | Path) -> nn.Module:
             r = int(_pattern_value(name, config.get("rank_pattern") or {}, config["r"]))
             alpha = float(_pattern_value(name, config.get("alpha_pattern") or {}, config["lora_alpha"]))
             dropout = float(config.get("lora_dropout", 0.0))
-            replace_module(model, name, build_lora_layer(model, name, r=r, lora_alpha=alpha, lora_dropout=dropout))
+            layer = build_lora_layer(
+                model,
+                name,
+                r=r,
+                lora_alpha=alpha,
+                lora_dropout=dropout,
+                use_rslora=bool(config.get("use_rslora", False)),
+                use_dora=bool(config.get("use_dora", False)),
+                init_lora_weights=_INITS[init],
+            )
+            replace_module(model, name, layer)
         ours = {f"{name}.{attr}": tensors[key] for key, (name, attr) in expected.items()}
         for key, value in ours.items():
             needed = model.get_parameter(key).shape

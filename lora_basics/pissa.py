@@ -12,13 +12,21 @@ the factors, the residual and the outputs with PEFT's.
 
 What it means for saving: the *frozen* weight changed. An adapter file (the factors alone) restores
 the fine-tuned model only on top of the residual, not on top of the original base: save the residual
-with it (or the merged model). PEFT converts a PiSSA adapter into a plain LoRA adapter for that reason.
+with it (the model's whole ``state_dict()``), or the merged model (:func:`lora_basics.merge_and_export`).
+The layer remembers it (``layer.init_lora_weights == "pissa"``): :func:`lora_basics.save_adapter` records
+it, and :func:`lora_basics.load_adapter` refuses such an adapter on a model without those residuals (an
+unmodified base) with an error that says so. PEFT converts a PiSSA adapter into a plain LoRA adapter for
+that reason (or, loading one whose config says ``"pissa"``, redoes the split on the base it is given;
+:func:`lora_basics.from_peft` does the same).
+
+``add_lora(model, targets, init_lora_weights="pissa")`` applies it to every target.
 """
 
 from __future__ import annotations
 
 import torch
 
+from . import dora
 from .embedding import Embedding
 from .linear import Linear
 from .merged_linear import MergedLinear
@@ -26,9 +34,16 @@ from .merged_linear import MergedLinear
 
 @torch.no_grad()
 def init_pissa(layer: Linear) -> Linear:
-    """Re-initialise ``layer`` (a :class:`Linear` with ``r > 0``, unmerged) with PiSSA, in place; returns it."""
+    """Re-initialise ``layer`` (a :class:`Linear` with ``r > 0``, unmerged) with PiSSA, in place; returns it.
+
+    With DoRA, the magnitude is then measured again on ``W_res + s B A`` (PEFT's order; it equals
+    ``||W0||_row`` up to rounding).
+    """
     if not isinstance(layer, Linear) or isinstance(layer, MergedLinear) or isinstance(layer, Embedding):
-        raise TypeError(f"PiSSA here initialises lora_basics.Linear layers, got {type(layer).__name__}")
+        raise TypeError(
+            "PiSSA initialises lora_basics.Linear layers (full-precision nn.Linear and GPT-2 Conv1D targets, "
+            f"without enable_lora), got {type(layer).__name__}"
+        )
     if not layer.has_lora:
         raise ValueError("PiSSA needs a layer with r > 0")
     if layer.merged:
@@ -42,4 +57,7 @@ def init_pissa(layer: Linear) -> Linear:
     layer.lora_A.copy_(A)
     layer.lora_B.copy_(B)
     layer.weight.copy_(residual.t() if layer.fan_in_fan_out else residual)
+    layer.init_lora_weights = "pissa"  # the frozen weight is no longer W0: adapter files must know
+    if layer.use_dora:
+        dora.init_magnitude(layer)
     return layer

@@ -94,3 +94,15 @@ def refuse_fan_in_fan_out(layer_name: str, kwargs: dict) -> None:
             f"{layer_name} got fan_in_fan_out={kwargs['fan_in_fan_out']!r}, but fan_in_fan_out is only for "
             "Linear and MergedLinear (weights stored (in, out) like GPT-2's Conv1D)"
         )
+
+
+def refuse_dora(layer_name: str, kwargs: dict) -> None:
+    """Take ``use_dora`` out of ``kwargs`` (it is not a torch argument); ``use_dora=True`` is refused.
+
+    DoRA is implemented for :class:`~lora_basics.Linear` (``nn.Linear`` and GPT-2 ``Conv1D`` targets) only.
+    """
+    if validate_flag("use_dora", kwargs.pop("use_dora", False)):
+        raise ValueError(
+            f"{layer_name} does not support use_dora=True: DoRA is implemented for Linear layers only "
+            "(nn.Linear and GPT-2 Conv1D targets, without enable_lora)"
+        )

@@ -9,7 +9,8 @@ being fine-tuned: the input requires grad, so the frozen base still pays for its
 round by round and each reports its median, so a slow moment of the machine hits all of them.
 Ratios are ``median(case) / median(frozen torch layer)``: 1.00x means LoRA costs nothing extra.
 The "formula" rows run the layer's ``forward_formula`` (the maths as written) instead of its fused
-``forward``: the difference is what the fused ``addmm`` buys.
+``forward``: the difference is what the fused ``addmm`` buys. The "variants" group times DoRA and the
+4-bit (NF4) base of QLoRA against the same frozen layer.
 
 Multi-adapter serving (lesson 13, :mod:`lora_course.serving`): inference throughput of a batch whose
 rows use 1, 2, 4, 8 or 16 different adapters, on a GPT-2-small block and on the tiny GPT (both as
@@ -79,14 +80,14 @@ class _Formula(nn.Module):
         return self.layer.forward_formula(x)
 
 
-def _peft_linear(in_features: int, out_features: int, r: int) -> nn.Module | None:
+def _peft_linear(in_features: int, out_features: int, r: int, use_dora: bool = False) -> nn.Module | None:
     """A PEFT LoRA-wrapped ``nn.Linear`` (None if peft is not installed)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         return None
     model = nn.Sequential(nn.Linear(in_features, out_features))
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"]))
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"], use_dora=use_dora))
 
 
 def run(rounds: int = 60, threads: int = 2, seed: int = 0) -> list[tuple[str, str, float, float]]:
@@ -138,6 +139,22 @@ def run(rounds: int = 60, threads: int = 2, seed: int = 0) -> list[tuple[str, st
         "lora_basics.Linear r=8, merged": _lora_ready(lora.Linear(D, D, r=8, lora_alpha=16)).eval(),
     }
     rows += _group("Linear 768->768, eval forward", eval_cases, lambda m: _eval_step(m, x), rounds)
+
+    # 4. Variants of LoRA, train step: DoRA (a dense B A and a norm per step), QLoRA (dequantize the
+    #    4-bit base per step). Numbers, not targets: they cost what their extra work costs.
+    variant_cases = {
+        "nn.Linear (frozen)": _frozen(nn.Linear(D, D)),
+        "lora_basics.Linear r=8": _lora_ready(lora.Linear(D, D, r=8, lora_alpha=16)),
+        "lora_basics.Linear r=8, DoRA": _lora_ready(lora.Linear(D, D, r=8, lora_alpha=16, use_dora=True)),
+        "lora_basics.QLoRALinear r=8, NF4": _lora_ready(lora.QLoRALinear(D, D, r=8, lora_alpha=16)),
+        "lora_basics.QLoRALinear r=8, NF4+DQ": _lora_ready(
+            lora.QLoRALinear(D, D, r=8, lora_alpha=16, double_quant=True)
+        ),
+    }
+    peft_dora = _peft_linear(D, D, r=8, use_dora=True)
+    if peft_dora is not None:
+        variant_cases["peft DoRA r=8"] = peft_dora
+    rows += _group("Linear 768->768 variants, train step", variant_cases, lambda m: _train_step(m, x, grad), rounds)
     return rows
 
 

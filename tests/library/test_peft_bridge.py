@@ -107,12 +107,15 @@ def test_what_peft_cannot_express_is_refused(tmp_path):
     conv = lora.add_lora(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3)), ["0"], r=2)
     with pytest.raises(ValueError, match="no exact PEFT form"):
         lora.to_peft(conv, tmp_path)
-    theirs = peft.get_peft_model(tiny_gpt2(), peft.LoraConfig(r=2, target_modules=["c_attn"], use_dora=True))
-    theirs.save_pretrained(tmp_path / "dora")
+    # OLoRA also moves part of W0 into the factors, by a QR decomposition this library does not redo.
+    theirs = peft.get_peft_model(
+        tiny_gpt2(), peft.LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights="olora")
+    )
+    theirs.save_pretrained(tmp_path / "olora")
     base = tiny_gpt2()
     before = copy.deepcopy(base.state_dict())
-    with pytest.raises(ValueError, match="use_dora"):
-        lora.from_peft(base, tmp_path / "dora")
+    with pytest.raises(ValueError, match="init_lora_weights"):
+        lora.from_peft(base, tmp_path / "olora")
     assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
 
 
@@ -141,3 +144,73 @@ def test_the_textbook_lora_linear_exports_too(tmp_path):
     theirs = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path)
     x = torch.randn(4, 6)
     torch.testing.assert_close(theirs(x), ours(x), rtol=0, atol=1e-6)
+
+
+VARIANTS = [
+    {"use_rslora": True},
+    {"use_dora": True},
+    {"use_dora": True, "use_rslora": True},
+    {"init_lora_weights": "pissa"},
+]
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "+".join(f"{k}={v[k]}" for k in v))
+def test_variants_of_lora_go_to_peft_and_come_back(tmp_path, variant):
+    # GPT-2's c_attn and c_fc are Conv1D (fan_in_fan_out), lm_head an nn.Linear.
+    ours = lora.add_lora(tiny_gpt2().train(), ["c_attn", "c_fc", "lm_head"], r=4, lora_alpha=8, **variant)
+    ours = randomize_lora(ours, std=0.2).eval()
+    lora.to_peft(ours, tmp_path / "ours")
+    config = json.loads((tmp_path / "ours" / CONFIG_FILE).read_text())
+    assert all(config[key] == value for key, value in variant.items())
+    if variant.get("use_dora"):
+        tensors = load_safetensors(tmp_path / "ours" / WEIGHTS_FILE)
+        magnitude = tensors[PREFIX + "transformer.h.0.attn.c_attn.lora_magnitude_vector"]
+        assert torch.equal(magnitude, ours.transformer.h[0].attn.c_attn.lora_magnitude)
+    # PEFT on the original base (for PiSSA it redoes the split of W0) computes what ours computes.
+    theirs = peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path / "ours").eval()
+    difference = (logits(theirs) - logits(ours)).abs().max().item()
+    print(f"to_peft {variant}: largest difference of the logits {difference:.2e}")
+    assert difference <= 1e-5
+    # And a PEFT adapter with the variant, trained (random factors) in PEFT, read back by from_peft.
+    theirs = peft.get_peft_model(tiny_gpt2(), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], **variant))
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(3)
+        for name, param in theirs.named_parameters():
+            if "lora_" in name:
+                param.add_(torch.randn(param.shape, generator=generator) * 0.2)
+    theirs.eval().save_pretrained(tmp_path / "theirs")
+    back = lora.from_peft(tiny_gpt2(), tmp_path / "theirs").eval()
+    layer = back.transformer.h[0].attn.c_attn
+    assert all(getattr(layer, key) == value for key, value in variant.items())
+    difference = (logits(back) - logits(theirs)).abs().max().item()
+    print(f"from_peft {variant}: largest difference of the logits {difference:.2e}")
+    assert difference <= 1e-5
+
+
+def test_settings_that_peft_keeps_once_per_adapter_must_agree(tmp_path):
+    model = lora.add_lora(tiny_gpt2(), ["c_attn"], r=2)
+    model.transformer.h[1].attn.c_attn = lora.Linear.from_module(
+        tiny_gpt2().transformer.h[1].attn.c_attn, fan_in_fan_out=True, r=2, use_rslora=True
+    )
+    with pytest.raises(ValueError, match="PEFT has one use_rslora per adapter"):
+        lora.to_peft(model, tmp_path)
+
+
+def test_a_dora_adapter_on_an_embedding_is_refused_and_changes_nothing(tmp_path):
+    theirs = peft.get_peft_model(tiny_gpt2(), peft.LoraConfig(r=2, target_modules=["wte"], use_dora=True))
+    theirs.save_pretrained(tmp_path)
+    base = tiny_gpt2()
+    before = copy.deepcopy(base.state_dict())
+    with pytest.raises(ValueError, match="'transformer.wte' .*does not support use_dora=True"):
+        lora.from_peft(base, tmp_path)
+    assert not lora.lora_layers(base)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
+def test_a_qlora_model_exports_its_factors_as_a_plain_lora_adapter(tmp_path):
+    ours = randomize_lora(lora.add_lora(tiny_gpt2(), ["c_attn"], r=2, quantize_base="nf4"))
+    lora.to_peft(ours, tmp_path)
+    tensors = load_safetensors(tmp_path / WEIGHTS_FILE)
+    layer = ours.transformer.h[0].attn.c_attn
+    assert torch.equal(tensors[PREFIX + "transformer.h.0.attn.c_attn.lora_B.weight"], layer.lora_B)
+    assert json.loads((tmp_path / CONFIG_FILE).read_text())["fan_in_fan_out"]

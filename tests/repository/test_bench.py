@@ -25,8 +25,12 @@ def test_bench_reports_every_case(capsys):
         "(b) merge/unmerge swap",
         "(c) mixed batch",
         "PEFT mixed batch",
+        "Linear 768->768 variants, train step",
+        "lora_basics.Linear r=8, DoRA",
+        "lora_basics.QLoRALinear r=8, NF4",
+        "lora_basics.QLoRALinear r=8, NF4+DQ",
     ):
         assert line in printed
-    assert printed.count("1.00x") >= 5  # each group's baseline
+    assert printed.count("1.00x") >= 6  # each group's baseline
     serving_rows = [line.split() for line in printed.splitlines() if "mixed batch" in line or "merged copies" in line]
     assert sorted({int(row[0]) for row in serving_rows}) == [1, 2]  # one row per adapter count asked for
