@@ -75,7 +75,8 @@ def test_every_exercise_of_the_lesson_is_matched_and_run_in_order(handout):
     ]
     kinds = [(s["kind"], s["exercise"]) for s in laid_out.steps]
     assert kinds == [
-        ("cell", None),
+        ("cell", None),  # the install cell (does nothing in a checkout)
+        ("cell", None),  # the imports and setup()
         ("cell", "1.1 param_counts"),
         ("probe", "param_counts"),
         ("cell", "1.2 best_rank_r"),
@@ -95,7 +96,7 @@ def test_missing_duplicated_and_renamed_exercises_are_reported_as_such(handout):
     )
     del nb.cells[cell_of(nb, "1.2 best_rank_r")]
     found = {m.exercise.label: (m.status, m.detail) for m in planned(nb, handout).matches}
-    assert found["1.1 param_counts"][0] == "duplicated" and "2 cells (4, 6)" in found["1.1 param_counts"][1]
+    assert found["1.1 param_counts"][0] == "duplicated" and "2 cells (5, 7)" in found["1.1 param_counts"][1]
     assert found["1.2 best_rank_r"] == ("missing", "no cell starts with '# Exercise 1.2: best_rank_r'")
     assert (
         found["1.3 rank_for_energy"][0] == "renamed"
@@ -104,20 +105,22 @@ def test_missing_duplicated_and_renamed_exercises_are_reported_as_such(handout):
 
 
 def test_changed_and_added_cells_are_reported_and_replaced_by_the_handouts(handout):
-    nb = with_cell(solved(), "1.1 param_counts", solved().cells[3].source, check='print("✓ param_counts: ok")')
+    exercise_source = solved().cells[cell_of(solved(), "1.1 param_counts")].source
+    nb = with_cell(solved(), "1.1 param_counts", exercise_source, check='print("✓ param_counts: ok")')
     nb.cells[1].source += "\nprint('my setup')"
     nb.cells.append(nbformat.v4.new_code_cell("print('✓ all done')"))
     nb.cells.append(nbformat.v4.new_code_cell("# Exercise 1.4: bonus\ndef bonus(): pass"))
     laid_out = planned(nb, handout)
     assert laid_out.changes == [
-        "cell 14 ('# Exercise 1.4: bonus') is not an exercise of this lesson: not run",
+        "cell 15 ('# Exercise 1.4: bonus') is not an exercise of this lesson: not run",
         "setup cell 2 changed or removed",
         "check cell of 1.1 changed or removed",
         "1 added cell not run",
     ]
     lesson = handout["01"]
     run_sources = [s["source"] for s in laid_out.steps if s["kind"] == "cell" and s["exercise"] is None]
-    assert run_sources == [lesson.cells[1].source]  # the hand-out's setup cell, not the learner's
+    # The hand-out's setup cells (the install cell, then the imports), not the learner's changed one.
+    assert run_sources == [lesson.cells[1].source, lesson.cells[2].source]
 
 
 def test_the_lesson_comes_from_the_exercise_lines_or_else_the_file_name(handout):
@@ -276,7 +279,7 @@ def test_a_correct_submission_of_every_lesson_is_graded_all_passed(tmp_path):
     rows = grader.grade(paths, grader.Grader(timeout=120, seed=11), jobs=2, progress=False)
     assert [row for row in rows if row.result != "passed"] == []
     handout = submission.load_handout(exercises.EXERCISES_DIR)
-    assert len(rows) == sum(len(lesson.exercises) for lesson in handout.values()) == 26
+    assert len(rows) == sum(len(lesson.exercises) for lesson in handout.values()) == 32
 
 
 WRONG_1_1 = "# Exercise 1.1: param_counts\ndef param_counts(d, k, r):\n    return d * k, r * d * k\n"
