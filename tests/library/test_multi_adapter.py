@@ -294,10 +294,11 @@ def test_layers_refuse_modules_they_do_not_serve():
         layer.use_rows(torch.tensor([0.0, 1.0]))
     with pytest.raises(ValueError, match=r"slot must be in \[0, 2\), got 3"):
         layer.use_slot(3)
-    layer.use_rows(torch.tensor([1, 0]))
-    assert layer.rows_differ and torch.equal(
-        layer(torch.ones(2, 4))[0] - layer(torch.ones(2, 4))[1], torch.full((3,), 8.0)
-    )
+    layer.use_rows(torch.tensor([1, 0]))  # row 0 through the adapter: + 1 * (x A^T) B^T = 8 for x = 1
+    with torch.no_grad():
+        y = layer(torch.ones(2, 4))
+    assert layer.rows_differ
+    torch.testing.assert_close(y[0] - y[1], torch.full((3,), 8.0))
 
 
 def test_a_float64_model_serves_in_float64():
