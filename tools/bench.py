@@ -220,9 +220,10 @@ def run_serving(rounds: int = 6, counts: tuple[int, ...] = serving.ADAPTER_COUNT
     return tables
 
 
-def print_serving(tables: list[tuple[str, list[dict]]]) -> None:
+def print_serving(tables: list[tuple[str, list[dict]]], rounds: int) -> None:
     for title, rows in tables:
         print(f"\nMulti-adapter serving, {title}: LoRA r=8 on Q,V, row i uses adapter i % n")
+        print(f"  median of {rounds} interleaved rounds; ratio = throughput / that of one merged model")
         print(f"  {'adapters':>8s}  {'case':<30s} {'ms':>8s} {'tokens/s':>10s} {'ratio':>6s} {'memory':>10s}")
         for row in rows:
             memory = f"{row['bytes'] / 2**20:7.1f} MB" if row["bytes"] else f"{'-':>10s}"
@@ -254,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
             group = title
         print(f"  {name:<38s} {ms:8.2f} ms   {ratio:5.2f}x")
     # The serving cases run a whole model per call: a tenth of the rounds keeps `make bench` short.
-    print_serving(run_serving(rounds=max(1, args.rounds // 10), counts=counts))
+    serving_rounds = max(1, args.rounds // 10)
+    print_serving(run_serving(rounds=serving_rounds, counts=counts), serving_rounds)
 
 
 if __name__ == "__main__":
