@@ -89,6 +89,5 @@ def forward(layer, x: torch.Tensor) -> torch.Tensor:
 def merged_weight(layer, weight: torch.Tensor, factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
     """``(m / n) ⊙ (W0 + ΔW)`` in the layout and dtype of ``weight`` (``W0``); ``factors``: ``(lora_A, lora_B, lora_magnitude, ...)``."""
     A, B, magnitude = (t.to(device=weight.device) for t in factors[:3])
-    direction = weight + layer.delta_weight(weight.dtype, factors=(A, B))  # W0 + ΔW
-    norm = torch.linalg.vector_norm(direction, dim=0 if layer.fan_in_fan_out else 1)  # (out,)
-    return per_output(layer, magnitude.to(weight.dtype) / norm) * direction
+    scale = magnitude.to(weight.dtype) / weight_norm(layer, weight, (A, B)).to(weight.dtype)  # (out,)
+    return per_output(layer, scale) * (weight + layer.delta_weight(weight.dtype, factors=(A, B)))

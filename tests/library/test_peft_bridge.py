@@ -197,6 +197,19 @@ def test_variants_of_lora_go_to_peft_and_come_back(tmp_path, variant):
     assert difference <= 1e-5
 
 
+def test_a_merged_linear_with_rslora_keeps_its_scale_at_rank_r_times_k(tmp_path):
+    ours = lora.add_lora(
+        tiny_gpt2().train(), ["c_attn"], r=4, lora_alpha=8, use_rslora=True, enable_lora={"c_attn": [True, False, True]}
+    )
+    ours = randomize_lora(ours, std=0.2).eval()
+    lora.to_peft(ours, tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    # A rank-8 PEFT LoRA scales by alpha / sqrt(8): alpha = (8 / sqrt(4)) * sqrt(8) keeps our scale 8 / sqrt(4).
+    assert config["r"] == 8 and config["lora_alpha"] == pytest.approx(4 * 8**0.5)
+    theirs = peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()
+    torch.testing.assert_close(logits(theirs), logits(ours), rtol=0, atol=1e-5)
+
+
 def test_settings_that_peft_keeps_once_per_adapter_must_agree(tmp_path):
     model = lora.add_lora(tiny_gpt2(), ["c_attn"], r=2)
     model.transformer.h[1].attn.c_attn = lora.Linear.from_module(
