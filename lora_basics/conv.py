@@ -77,14 +77,7 @@ class ConvLoRA(LoRALayer, nn.Module):
         refuse_dora(type(self).__name__, kwargs)
         nn.Module.__init__(self)
         self.conv = conv_module(in_channels, out_channels, kernel_size, **kwargs)
-        LoRALayer.__init__(
-            self,
-            r=r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            merge_weights=merge_weights,
-            use_rslora=use_rslora,
-        )
+        LoRALayer.__init__(self, r, lora_alpha, lora_dropout, merge_weights, use_rslora)
         if self.r > 0:
             weight = self.conv.weight
             k0, rest = self.conv.kernel_size[0], math.prod(self.conv.kernel_size[1:])

@@ -63,9 +63,7 @@ class Embedding(LoRALayer, nn.Embedding):
         refuse_dora("Embedding", kwargs)
         nn.Embedding.__init__(self, num_embeddings, embedding_dim, **kwargs)
         # No dropout on an embedding's LoRA path: its "input" is a token id (as in loralib).
-        LoRALayer.__init__(
-            self, r=r, lora_alpha=lora_alpha, lora_dropout=0.0, merge_weights=merge_weights, use_rslora=use_rslora
-        )
+        LoRALayer.__init__(self, r, lora_alpha, 0.0, merge_weights, use_rslora)
         if self.r > 0:
             if self.max_norm is not None:
                 raise ValueError(

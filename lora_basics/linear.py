@@ -13,6 +13,15 @@ from .lora_layer import LoRALayer, copy_pretrained
 from .validation import validate_flag
 
 
+def pretrained_linear(module: nn.Module, fan_in_fan_out: bool) -> tuple[torch.Tensor, int, int, torch.Tensor | None]:
+    """``(weight, in_features, out_features, bias)`` of a linear ``module`` (weight ``(in, out)`` if ``fan_in_fan_out``)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        raise TypeError(f"module must have a 2-D weight, got {type(module).__name__}")
+    out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
+    return weight, in_features, out_features, getattr(module, "bias", None)
+
+
 class Linear(LoRALayer, nn.Linear):
     """``nn.Linear`` plus a trainable low-rank update (loralib-compatible).
 
@@ -63,14 +72,7 @@ class Linear(LoRALayer, nn.Linear):
         if use_dora and r == 0:
             raise ValueError("use_dora=True needs r > 0: DoRA's direction is W0 + scaling * B A, with LoRA factors")
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
-        LoRALayer.__init__(
-            self,
-            r=r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            merge_weights=merge_weights,
-            use_rslora=use_rslora,
-        )
+        LoRALayer.__init__(self, r, lora_alpha, lora_dropout, merge_weights, use_rslora)
         self.fan_in_fan_out = validate_flag("fan_in_fan_out", fan_in_fan_out)
         if self.r > 0:
             self.lora_A = nn.Parameter(self.weight.new_zeros((self.r, in_features)))
@@ -103,11 +105,7 @@ class Linear(LoRALayer, nn.Linear):
         ``lora_kwargs``: ``r``, ``lora_alpha``, ``lora_dropout``, ``merge_weights``, ``use_rslora``,
         ``use_dora`` (the magnitude is then measured on the pretrained weight).
         """
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise TypeError(f"module must have a 2-D weight, got {type(module).__name__}")
-        out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
-        bias = getattr(module, "bias", None)
+        weight, in_features, out_features, bias = pretrained_linear(module, fan_in_fan_out)
         layer = cls(
             in_features,
             out_features,

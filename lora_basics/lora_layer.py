@@ -223,7 +223,7 @@ class LoRALayer:
                     # A weight without a magnitude (a pretrained checkpoint): start from it as PEFT does.
                     factors = factors[:2] + (dora.weight_norm(self, W0, factors).to(factors[2]),)
                     state_dict[prefix + "lora_magnitude"] = factors[2]
-                factors += (dora.weight_norm(self, W0, factors),)
+                factors += (W0.clone(),)  # a merged DoRA layer keeps W0 aside (see lora_basics.dora)
                 state_dict[key] = add_update(self, W0, factors) if self.merged else W0
             elif saved_merged and not self.merged:
                 state_dict[key] = add_update(self, incoming, factors, sign=-1)
@@ -232,8 +232,7 @@ class LoRALayer:
         elif self.merged and any(isinstance(t, torch.Tensor) for t in saved):
             # Only the factors change (an adapter loaded into a merged layer): swap the merged update.
             W0 = weight_without_update(self)
-            if self.use_dora:
-                factors += (dora.weight_norm(self, W0, factors),)
+            factors += (W0,) if self.use_dora else ()  # a merged DoRA layer keeps W0 aside
             weight.copy_(add_update(self, W0, factors))
         else:
             return  # nothing to convert (or a weight of the wrong shape, which torch reports)

@@ -8,7 +8,7 @@ around 2^4. Nothing in the layer changes; only the optimizer's parameter groups 
     optimizer = torch.optim.AdamW(lora_plus_param_groups(model, lr=2e-4, ratio=16), weight_decay=0.0)
 
 Every ``lora_B`` of the model (the output-side factor of every layer type) gets ``ratio * lr``; every
-other trainable parameter (the ``lora_A`` factors, trained biases) gets ``lr``. PEFT's
+other trainable parameter (the ``lora_A`` factors, DoRA's ``lora_magnitude``, trained biases) gets ``lr``. PEFT's
 ``create_loraplus_optimizer`` gives the same rates to ``A`` and ``B``; it differs on the rest: it puts
 trained 1-D parameters (biases, norms) with ``B`` and gives LoRA embeddings a fixed rate of 1e-6.
 """

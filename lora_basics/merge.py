@@ -29,10 +29,9 @@ Train in low precision with ``merge_weights=False`` and merge once at the end, o
 :func:`lora_basics.merge_and_export`.
 
 DoRA layers (``use_dora=True``) merge ``W = (m / n) ⊙ (W0 + ΔW)`` row by row instead
-(:mod:`lora_basics.dora`). Their merge record adds the magnitude ``m`` and the norm ``n`` it was divided
-by, and unmerging computes ``W0 = W / (m / n) - ΔW`` from that record: the same guarantees, with a
-division among the roundings (fp32: within a few units in the last place of ``W0``, without drift over
-toggles; tested).
+(:mod:`lora_basics.dora`). That cannot be undone from ``W`` and the factors (``n`` depends on ``W0``), so
+their merge record holds the magnitude ``m`` and ``W0`` itself, and unmerging puts ``W0`` back bit for bit:
+the same guarantees, stronger (no rounding at all), for one copy of the weight while merged.
 """
 
 from __future__ import annotations
@@ -41,8 +40,8 @@ import torch
 
 from . import dora
 
-#: What an update is built from: ``(lora_A, lora_B)``; for a DoRA layer ``(lora_A, lora_B, lora_magnitude,
-#: norm)``, the norm ``||W0 + ΔW||_row`` that merging divides by (see :mod:`lora_basics.dora`).
+#: What an update is built from: ``(lora_A, lora_B)``; as a DoRA layer's merge record ``(lora_A, lora_B,
+#: lora_magnitude, W0)``, the frozen weight kept aside while merged (see :mod:`lora_basics.dora`).
 Factors = tuple[torch.Tensor, ...]
 
 
@@ -59,18 +58,17 @@ def update_parameters(layer) -> list[torch.Tensor]:
 def current_factors(layer) -> Factors:
     """A copy of what the layer's update is built from now (detached, so it never changes).
 
-    ``(lora_A, lora_B)``; for DoRA also ``lora_magnitude`` and the norm of the (unmerged) layer's
-    ``W0 + ΔW``.
+    ``(lora_A, lora_B)``; for DoRA also ``lora_magnitude`` and a copy of the (unmerged) layer's ``W0``.
     """
     factors = tuple(p.detach().clone() for p in update_parameters(layer))
     if layer.use_dora:
-        factors += (dora.weight_norm(layer, layer.frozen_weight, factors),)
+        factors += (layer.frozen_weight.detach().clone(),)
     return factors
 
 
 def factors_changed(layer) -> bool:
     """True when a merged layer's factors are no longer those it merged (changed in place since ``eval()``)."""
-    params = update_parameters(layer)  # a DoRA record also holds the norm, which is not a parameter
+    params = update_parameters(layer)  # a DoRA record also holds W0, which is not a parameter
     return not all(
         torch.equal(param.detach(), merged.to(param))
         for param, merged in zip(params, layer.merged_factors[: len(params)], strict=True)
@@ -81,13 +79,16 @@ def factors_changed(layer) -> bool:
 def add_update(layer, weight: torch.Tensor, factors: Factors, sign: int = 1) -> torch.Tensor:
     """``weight + sign * ΔW(factors)`` as a new tensor of ``weight``'s dtype (``weight`` is untouched).
 
-    For a DoRA record (four tensors): ``(m / n) ⊙ (weight + ΔW)`` for ``sign = 1``, its inverse for
-    ``sign = -1``. Computed in fp32 (or wider) and rounded once. Raises ``FloatingPointError`` when the
-    result is not finite where ``weight`` was: the update holds NaN/inf, or the sum overflows the dtype.
+    For a DoRA layer (``factors`` with ``lora_magnitude``): ``(m / n) ⊙ (weight + ΔW)``, merging only
+    (``sign = 1``: unmerging puts back the recorded ``W0``). Computed in fp32 (or wider) and rounded once.
+    Raises ``FloatingPointError`` when the result is not finite where ``weight`` was: the update holds
+    NaN/inf, or the sum overflows the dtype.
     """
     dtype = merge_dtype(weight)
-    if len(factors) == dora.DORA_RECORD_LENGTH:
-        result = dora.fold(layer, weight.detach().to(dtype), factors, sign).to(weight.dtype)
+    if layer.use_dora and len(factors) > 2:
+        if sign != 1:
+            raise ValueError("a DoRA merge is undone with the W0 it recorded, not by subtraction")
+        result = dora.merged_weight(layer, weight.detach().to(dtype), factors).to(weight.dtype)
     else:
         A, B = (factor.to(weight.device) for factor in factors)
         result = (weight.detach().to(dtype) + sign * layer.delta_weight(dtype, factors=(A, B))).to(weight.dtype)
@@ -107,6 +108,8 @@ def weight_without_update(layer) -> torch.Tensor:
     weight = layer.frozen_weight
     if not layer.merged:
         return weight.detach()
+    if layer.use_dora:  # DoRA's merge record kept W0 itself
+        return layer.merged_factors[-1].clone()
     return add_update(layer, weight, layer.merged_factors, sign=-1)
 
 

@@ -44,14 +44,7 @@ class MergedLinear(Linear):
         refuse_dora("MergedLinear", kwargs)
         flags = validate_enable_lora(enable_lora, out_features)
         nn.Linear.__init__(self, in_features, out_features, **kwargs)
-        LoRALayer.__init__(
-            self,
-            r=r,
-            lora_alpha=lora_alpha,
-            lora_dropout=lora_dropout,
-            merge_weights=merge_weights,
-            use_rslora=use_rslora,
-        )
+        LoRALayer.__init__(self, r, lora_alpha, lora_dropout, merge_weights, use_rslora)
         self.fan_in_fan_out = validate_flag("fan_in_fan_out", fan_in_fan_out)
         self.enable_lora = flags
         n_slices, n_enabled = len(flags), sum(flags)

@@ -150,10 +150,16 @@ def quantize_blocks(
     return codes, absmax
 
 
+def scale_blocks(values: torch.Tensor, absmax: torch.Tensor, blocksize: int) -> torch.Tensor:
+    """Each of the (flat) ``values`` times the absmax of its block (the last block may be shorter)."""
+    full = values.numel() - values.numel() % blocksize
+    scaled = (values[:full].view(-1, blocksize) * absmax[: full // blocksize, None]).view(-1)
+    return scaled if full == values.numel() else torch.cat([scaled, values[full:] * absmax[-1]])
+
+
 def dequantize_blocks(codes: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blocksize: int) -> torch.Tensor:
     """``levels[codes] * absmax`` of each value's block (float32, flat), on the device of ``codes``."""
-    values = levels.to(codes.device)[codes]
-    return values * absmax.repeat_interleave(blocksize)[: values.numel()]  # each value times its block's absmax
+    return scale_blocks(levels.to(codes.device)[codes], absmax, blocksize)
 
 
 def pack(codes: torch.Tensor) -> torch.Tensor:
@@ -168,6 +174,11 @@ def unpack(packed: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of :func:`pack`: the first ``n`` codes, int64."""
     codes = torch.stack([packed >> 4, packed & 0xF], dim=1).reshape(-1)
     return codes[:n].long()
+
+
+#: The two levels each byte stands for: row ``b`` is ``(NF4_LEVELS[b >> 4], NF4_LEVELS[b & 15])``. Decoding
+#: a byte at a time through this table skips unpacking the codes (what a forward pass of QLoRA does).
+NF4_PAIRS = torch.stack([NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)], dim=1)  # (256, 2)
 
 
 @dataclass
@@ -241,7 +252,8 @@ def dequantize_nf4(q: NF4Tensor) -> torch.Tensor:
         table = _dynamic_levels_table()
         absmax = dequantize_blocks(q.absmax.long(), q.absmax_scale, table, ABSMAX_BLOCKSIZE) + q.absmax_offset
     n = math.prod(q.shape)
-    return dequantize_blocks(unpack(q.packed, n), absmax, NF4_LEVELS, q.blocksize).view(q.shape).to(q.dtype)
+    values = NF4_PAIRS.to(q.packed.device)[q.packed.long()].view(-1)[:n]  # NF4_LEVELS[code] of every weight
+    return scale_blocks(values, absmax, q.blocksize).view(q.shape).to(q.dtype)
 
 
 def storage_bytes(n_weights: int, fmt: str, blocksize: int = BLOCKSIZE) -> float:

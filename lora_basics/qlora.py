@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .linear import pretrained_linear
 from .lora_layer import LoRALayer
 from .nf4 import BLOCKSIZE, NF4Tensor, dequantize_nf4, quantize_nf4
 from .validation import refuse_dora, validate_flag
@@ -105,9 +106,7 @@ class QLoRALinear(LoRALayer, nn.Module):
         if compute_dtype not in COMPUTE_DTYPES:
             raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
         nn.Module.__init__(self)
-        LoRALayer.__init__(
-            self, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, merge_weights=False, use_rslora=use_rslora
-        )
+        LoRALayer.__init__(self, r, lora_alpha, lora_dropout, False, use_rslora)
         self.in_features, self.out_features = in_features, out_features
         self.fan_in_fan_out = validate_flag("fan_in_fan_out", fan_in_fan_out)
         self.double_quant = validate_flag("double_quant", double_quant)
@@ -117,9 +116,8 @@ class QLoRALinear(LoRALayer, nn.Module):
         if weight is None:
             weight = torch.empty(out_features, in_features, **factory)
             nn.init.kaiming_uniform_(weight, a=math.sqrt(5))  # nn.Linear's initialisation
-        else:
-            weight = (weight.t() if self.fan_in_fan_out else weight).to(device=device)
-        self.quantize_weight(weight)
+            weight = weight.t() if self.fan_in_fan_out else weight  # in the layout the layer is given weights
+        self.quantize_weight(weight.to(device=device))
         self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
         if self.bias is not None:
             bound = 1 / math.sqrt(in_features) if in_features > 0 else 0
@@ -143,11 +141,7 @@ class QLoRALinear(LoRALayer, nn.Module):
         ``compute_dtype`` defaults to the dtype of the module's weight: the layer computes in the dtype
         the model computed in. ``lora_kwargs``: ``r``, ``lora_alpha``, ``lora_dropout``, ``use_rslora``.
         """
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
-            raise TypeError(f"module must have a 2-D weight, got {type(module).__name__}")
-        out_features, in_features = weight.shape[::-1] if fan_in_fan_out else weight.shape
-        bias = getattr(module, "bias", None)
+        weight, in_features, out_features, bias = pretrained_linear(module, fan_in_fan_out)
         layer = cls(
             in_features,
             out_features,
@@ -172,12 +166,17 @@ class QLoRALinear(LoRALayer, nn.Module):
         return QUANT_FORMATS[self.double_quant]
 
     def _quantized_buffers(self, weight: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The buffers holding ``weight`` (``(out, in)``) in NF4, on the layer's device (else ``weight``'s)."""
-        if tuple(weight.shape) != (self.out_features, self.in_features):
+        """The buffers holding ``weight`` (pretrained layout) in NF4, on the layer's device (else ``weight``'s)."""
+        expected = (
+            (self.in_features, self.out_features) if self.fan_in_fan_out else (self.out_features, self.in_features)
+        )
+        if tuple(weight.shape) != expected:
+            layout = "(in, out) as fan_in_fan_out=True" if self.fan_in_fan_out else "(out, in)"
             raise ValueError(
-                f"QLoRALinear({self.in_features}, {self.out_features}) needs a weight of shape "
-                f"{(self.out_features, self.in_features)} (out, in), got {tuple(weight.shape)}"
+                f"QLoRALinear({self.in_features}, {self.out_features}) needs a weight of shape {expected}, "
+                f"{layout}; got {tuple(weight.shape)}"
             )
+        weight = weight.t() if self.fan_in_fan_out else weight  # the codes are always of the (out, in) matrix
         q = quantize_nf4(weight.detach().to(self.weight_dtype), blocksize=BLOCKSIZE, double_quant=self.double_quant)
         if q.double_quant:
             tensors = {
@@ -193,7 +192,7 @@ class QLoRALinear(LoRALayer, nn.Module):
 
     @torch.no_grad()
     def quantize_weight(self, weight: torch.Tensor) -> None:
-        """Replace the frozen weight by ``weight`` (``(out, in)``), quantized to NF4."""
+        """Replace the frozen weight by ``weight`` (``(out, in)``; ``(in, out)`` with ``fan_in_fan_out``), in NF4."""
         for name, tensor in self._quantized_buffers(weight).items():
             self.register_buffer(name, tensor)
 
@@ -262,7 +261,6 @@ class QLoRALinear(LoRALayer, nn.Module):
         # A full-precision checkpoint (an nn.Linear's or Conv1D's ``weight``): quantize it into the buffers.
         weight = state_dict.pop(prefix + "weight", None)
         if isinstance(weight, torch.Tensor):
-            weight = weight.t() if self.fan_in_fan_out else weight
             state_dict.update({prefix + name: t for name, t in self._quantized_buffers(weight).items()})
         super()._load_from_state_dict(state_dict, prefix, *args)
 

@@ -16,7 +16,8 @@ from lora_course.gpt import GPT, GPTConfig
 
 @torch.no_grad()
 def randomize_lora(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> torch.nn.Module:
-    """Fill every LoRA factor of ``module`` with normal(0, std) values (so the update is non-zero).
+    """Fill every LoRA factor of ``module`` with normal(0, std) values (so the update is non-zero), and
+    every DoRA magnitude with 1 + normal(0, std).
 
     Call it in train mode (unmerged): a merged layer keeps serving the update it merged (and takes
     exactly that one out again on ``train()``).
@@ -24,7 +25,9 @@ def randomize_lora(module: torch.nn.Module, std: float = 0.1, seed: int = 0) -> 
     generator = torch.Generator().manual_seed(seed)
     for name in lora.lora_parameter_names(module):
         param = module.get_parameter(name)
-        param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float32) * std)
+        values = torch.randn(param.shape, generator=generator, dtype=torch.float32) * std
+        # A DoRA magnitude near 1 (a row norm), not near 0, where the layer would switch its outputs off.
+        param.copy_(1 + values if name.endswith("lora_magnitude") else values)
     return module
 
 
@@ -36,6 +39,9 @@ def make_layer(kind: str, dtype: torch.dtype = torch.float32, **kwargs) -> tuple
         x = torch.randn(3, 5, 12, dtype=dtype)
     elif kind == "linear_fifo":
         layer = lora.Linear(12, 10, r=4, lora_alpha=8, fan_in_fan_out=True, dtype=dtype, **kwargs)
+        x = torch.randn(3, 5, 12, dtype=dtype)
+    elif kind == "dora":
+        layer = lora.Linear(12, 10, r=4, lora_alpha=8, fan_in_fan_out=True, use_dora=True, dtype=dtype, **kwargs)
         x = torch.randn(3, 5, 12, dtype=dtype)
     elif kind == "merged":
         layer = lora.MergedLinear(12, 18, r=2, lora_alpha=4, enable_lora=[True, False, True], dtype=dtype, **kwargs)
@@ -57,7 +63,7 @@ def make_layer(kind: str, dtype: torch.dtype = torch.float32, **kwargs) -> tuple
     return randomize_lora(layer), x
 
 
-LAYER_KINDS = ["linear", "linear_fifo", "merged", "embedding", "conv1d", "conv2d", "conv3d"]
+LAYER_KINDS = ["linear", "linear_fifo", "dora", "merged", "embedding", "conv1d", "conv2d", "conv3d"]
 
 
 # -- a small GPT (lesson 09's architecture) for the model-level tools -----------------------------

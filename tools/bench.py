@@ -80,14 +80,14 @@ class _Formula(nn.Module):
         return self.layer.forward_formula(x)
 
 
-def _peft_linear(in_features: int, out_features: int, r: int, use_dora: bool = False) -> nn.Module | None:
+def _peft_linear(in_features: int, out_features: int, r: int) -> nn.Module | None:
     """A PEFT LoRA-wrapped ``nn.Linear`` (None if peft is not installed)."""
     try:
         from peft import LoraConfig, get_peft_model
     except ImportError:
         return None
     model = nn.Sequential(nn.Linear(in_features, out_features))
-    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"], use_dora=use_dora))
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=["0"]))
 
 
 def run(rounds: int = 60, threads: int = 2, seed: int = 0) -> list[tuple[str, str, float, float]]:
@@ -151,9 +151,13 @@ def run(rounds: int = 60, threads: int = 2, seed: int = 0) -> list[tuple[str, st
             lora.QLoRALinear(D, D, r=8, lora_alpha=16, double_quant=True)
         ),
     }
-    peft_dora = _peft_linear(D, D, r=8, use_dora=True)
-    if peft_dora is not None:
-        variant_cases["peft DoRA r=8"] = peft_dora
+    try:
+        from peft import LoraConfig, get_peft_model
+
+        dora_config = LoraConfig(r=8, lora_alpha=16, target_modules=["0"], use_dora=True)
+        variant_cases["peft DoRA r=8"] = get_peft_model(nn.Sequential(nn.Linear(D, D)), dora_config)
+    except ImportError:
+        pass
     rows += _group("Linear 768->768 variants, train step", variant_cases, lambda m: _train_step(m, x, grad), rounds)
     return rows
 

@@ -170,6 +170,25 @@ def test_a_malformed_file_raises_a_value_error_naming_the_file_and_the_problem(t
     assert_same_state(model, before)
 
 
+def test_a_file_written_before_the_variants_existed_loads_as_plain_lora(tmp_path):
+    def as_version_2(payload):
+        payload["version"] = 2
+        for entry in payload["layers"].values():
+            for field in ("use_rslora", "use_dora", "init_lora_weights", "quantize_base"):
+                del entry[field]
+
+    path = edited_adapter(tmp_path, as_version_2)
+    expected = randomized(add_lora(base_model(), **QV))(tokens())
+    loaded = load_adapter(base_model(), path)
+    layer = loaded.get_submodule("h.0.attn.c_attn")
+    assert not layer.use_rslora and not layer.use_dora and layer.init_lora_weights is True
+    torch.testing.assert_close(loaded(tokens()), expected)
+    # In a file of the current version the variant settings are required.
+    path = edited_adapter(tmp_path, lambda payload: payload["layers"]["h.0.attn.c_attn"].pop("use_dora"))
+    with pytest.raises(ValueError, match=r"settings of layer 'h.0.attn.c_attn' have missing or invalid \['use_dora'\]"):
+        load_adapter(base_model(), path)
+
+
 def test_a_layer_entry_with_bad_settings_is_named(tmp_path):
     path = edited_adapter(tmp_path, lambda payload: payload["layers"]["h.0.attn.c_attn"].update(r="4"))
     with pytest.raises(ValueError, match=r"settings of layer 'h.0.attn.c_attn' have missing or invalid \['r'\]"):

@@ -29,7 +29,11 @@ def test_merged_weight_is_base_plus_delta(kind):
     layer, _ = make_layer(kind)
     w0 = layer.frozen_weight.detach().clone()
     layer.eval()
-    torch.testing.assert_close(layer.frozen_weight, w0 + layer.delta_weight())
+    expected = w0 + layer.delta_weight()
+    if layer.use_dora:  # DoRA merges (m / n) ⊙ (W0 + ΔW), n the norm of each output feature's weights
+        dim = 0 if layer.fan_in_fan_out else 1
+        expected = expected * (layer.lora_magnitude / expected.norm(dim=dim)).unsqueeze(dim)
+    torch.testing.assert_close(layer.frozen_weight, expected)
 
 
 def test_parent_eval_and_train_reach_the_layers():
@@ -207,9 +211,12 @@ def test_a_checkpoint_means_the_same_whatever_mode_saved_or_loads_it(kind, saved
     expected = layer(x).detach()
     layer.train(saved_in == "train")
     state = layer.state_dict()
-    # Saved as held (merged in eval mode, as loralib does), and the metadata says which.
-    torch.testing.assert_close(state[layer.frozen_weight_name], layer.frozen_weight, rtol=0, atol=0)
-    assert state._metadata[""]["lora_merged"] == (saved_in == "eval")
+    if layer.use_dora:  # DoRA's merged weight cannot be taken apart without its norm: W0 is saved
+        torch.testing.assert_close(state[layer.frozen_weight_name], w0, rtol=0, atol=1e-6)
+        assert state._metadata[""]["lora_merged"] is False
+    else:  # saved as held (merged in eval mode, as loralib does), and the metadata says which
+        torch.testing.assert_close(state[layer.frozen_weight_name], layer.frozen_weight, rtol=0, atol=0)
+        assert state._metadata[""]["lora_merged"] == (saved_in == "eval")
     fresh, _ = make_layer(kind)
     fresh.reset_parameters()
     fresh.train(loaded_in == "train")
@@ -256,4 +263,6 @@ def test_state_dict_keys_are_loralib_names(kind):
     expected = {"weight", "bias", "lora_A", "lora_B"} - ({"bias"} if kind == "embedding" else set())
     if kind.startswith("conv"):  # loralib's ConvLoRA holds the torch convolution in a child ``conv``
         expected = {"conv.weight", "conv.bias", "lora_A", "lora_B"}
+    if kind == "dora":  # and DoRA's magnitude, whose name holds ``lora_`` as every LoRA parameter's does
+        expected.add("lora_magnitude")
     assert set(layer.state_dict()) == expected

@@ -24,6 +24,16 @@ def logits(model) -> torch.Tensor:
         return model(TOKENS).logits
 
 
+def assert_from_peft_refuses(directory, match: str) -> None:
+    """``from_peft`` raises a ValueError matching ``match`` and leaves the base model exactly as it was."""
+    base = tiny_gpt2()
+    before = copy.deepcopy(base.state_dict())
+    with pytest.raises(ValueError, match=match):
+        lora.from_peft(base, directory)
+    assert not lora.lora_layers(base)
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
 def ours_with_lora():
     model = lora.add_lora(
         tiny_gpt2().train(),  # factors are set below: in train mode, unmerged
@@ -112,11 +122,7 @@ def test_what_peft_cannot_express_is_refused(tmp_path):
         tiny_gpt2(), peft.LoraConfig(r=2, target_modules=["c_attn"], init_lora_weights="olora")
     )
     theirs.save_pretrained(tmp_path / "olora")
-    base = tiny_gpt2()
-    before = copy.deepcopy(base.state_dict())
-    with pytest.raises(ValueError, match="init_lora_weights"):
-        lora.from_peft(base, tmp_path / "olora")
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert_from_peft_refuses(tmp_path / "olora", match="init_lora_weights")
 
 
 def test_an_adapter_that_carries_a_changed_base_tensor_is_refused_and_changes_nothing(tmp_path):
@@ -125,12 +131,7 @@ def test_an_adapter_that_carries_a_changed_base_tensor_is_refused_and_changes_no
     tensors = load_safetensors(tmp_path / WEIGHTS_FILE)
     tensors[PREFIX + "transformer.h.0.mlp.c_fc.weight"] = torch.zeros(16, 64)  # would overwrite a frozen weight
     save_safetensors(tensors, tmp_path / WEIGHTS_FILE)
-    base = tiny_gpt2()
-    before = {k: v.clone() for k, v in base.state_dict().items()}
-    with pytest.raises(ValueError, match="not a LoRA factor"):
-        lora.from_peft(base, tmp_path)
-    assert not lora.lora_layers(base)
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert_from_peft_refuses(tmp_path, match="not a LoRA factor")
 
 
 def test_the_textbook_lora_linear_exports_too(tmp_path):
@@ -187,6 +188,19 @@ def test_variants_of_lora_go_to_peft_and_come_back(tmp_path, variant):
     assert difference <= 1e-5
 
 
+def test_a_merged_linear_with_rslora_keeps_its_scale_at_rank_r_times_k(tmp_path):
+    ours = lora.add_lora(
+        tiny_gpt2().train(), ["c_attn"], r=4, lora_alpha=8, use_rslora=True, enable_lora={"c_attn": [True, False, True]}
+    )
+    ours = randomize_lora(ours, std=0.2).eval()
+    lora.to_peft(ours, tmp_path)
+    config = json.loads((tmp_path / CONFIG_FILE).read_text())
+    # A rank-8 PEFT LoRA scales by alpha / sqrt(8): alpha = (8 / sqrt(4)) * sqrt(8) keeps our scale 8 / sqrt(4).
+    assert config["r"] == 8 and config["lora_alpha"] == pytest.approx(4 * 8**0.5)
+    theirs = peft.PeftModel.from_pretrained(tiny_gpt2(), tmp_path).eval()
+    torch.testing.assert_close(logits(theirs), logits(ours), rtol=0, atol=1e-5)
+
+
 def test_settings_that_peft_keeps_once_per_adapter_must_agree(tmp_path):
     model = lora.add_lora(tiny_gpt2(), ["c_attn"], r=2)
     model.transformer.h[1].attn.c_attn = lora.Linear.from_module(
@@ -199,12 +213,7 @@ def test_settings_that_peft_keeps_once_per_adapter_must_agree(tmp_path):
 def test_a_dora_adapter_on_an_embedding_is_refused_and_changes_nothing(tmp_path):
     theirs = peft.get_peft_model(tiny_gpt2(), peft.LoraConfig(r=2, target_modules=["wte"], use_dora=True))
     theirs.save_pretrained(tmp_path)
-    base = tiny_gpt2()
-    before = copy.deepcopy(base.state_dict())
-    with pytest.raises(ValueError, match="'transformer.wte' .*does not support use_dora=True"):
-        lora.from_peft(base, tmp_path)
-    assert not lora.lora_layers(base)
-    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+    assert_from_peft_refuses(tmp_path, match="'transformer.wte' .*does not support use_dora=True")
 
 
 def test_a_qlora_model_exports_its_factors_as_a_plain_lora_adapter(tmp_path):

@@ -92,7 +92,7 @@ def test_forward_is_lora_on_the_dequantized_weight():
 
 @pytest.mark.parametrize("quantize_base", ["nf4", "nf4-dq"])
 def test_add_lora_quantizes_the_tiny_gpt_and_computes_lora_on_the_dequantized_base(quantize_base, tmp_path):
-    targets = ["c_attn", "c_fc", "lm_head"]  # Conv1D (weight (in, out)) and nn.Linear
+    targets = ["c_attn", "c_proj", "c_fc", "lm_head"]  # Conv1D (weight (in, out); attn.c_proj square) and nn.Linear
     model = lora.add_lora(base_model(), targets, r=2, lora_alpha=4, quantize_base=quantize_base)
     layer = model.get_submodule("h.0.attn.c_attn")
     assert isinstance(layer, lora.QLoRALinear) and layer.fan_in_fan_out and not layer.merge_weights
@@ -162,6 +162,20 @@ def test_the_4bit_weight_is_a_buffer_that_moves_saves_and_loads():
     layer.to(torch.bfloat16)
     assert layer.weight_absmax_scale.dtype == torch.float32 and layer.lora_A.dtype == torch.bfloat16
     assert torch.equal(layer.dequantized_weight(), W_hat)
+
+
+def test_a_conv1d_checkpoint_loads_into_a_fan_in_fan_out_layer():
+    torch.manual_seed(0)
+    conv1d = base_model().h[0].attn.c_proj  # GPT-2's Conv1D, weight (in, out) = (16, 16)
+    from_module = lora.QLoRALinear.from_module(conv1d, fan_in_fan_out=True, r=2)
+    from_checkpoint = lora.QLoRALinear(16, 16, r=2, fan_in_fan_out=True)
+    from_checkpoint.load_state_dict(conv1d.state_dict(), strict=False)
+    assert torch.equal(from_checkpoint.weight_packed, from_module.weight_packed)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(from_checkpoint(x), conv1d(x), rtol=0, atol=0.05)  # up to the quantization error
+    torch.testing.assert_close(from_checkpoint.frozen_weight, conv1d.weight, rtol=0, atol=0.05)
+    with pytest.raises(ValueError, match=r"needs a weight of shape \(16, 16\), \(in, out\) as fan_in_fan_out=True"):
+        from_checkpoint.quantize_weight(torch.zeros(16, 17))
 
 
 def test_trainable_summary_counts_the_4bit_weights():

@@ -17,7 +17,9 @@ from tests.helpers import LAYER_KINDS, base_model, make_layer, randomize_lora, t
 # -- rsLoRA ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", LAYER_KINDS)
+# DoRA normalises the update's direction, so its output is not linear in the scale: its rsLoRA is
+# checked against PEFT below.
+@pytest.mark.parametrize("kind", [kind for kind in LAYER_KINDS if kind != "dora"])
 def test_rslora_scales_by_alpha_over_sqrt_r_in_every_layer(kind):
     plain, x = make_layer(kind)
     stable, _ = make_layer(kind, use_rslora=True)  # the same weights and factors
@@ -182,12 +184,10 @@ def test_dora_merges_on_eval_and_unmerges_to_W0(fan_in_fan_out):
     torch.testing.assert_close(layer.weight_out_in(), merged)
     torch.testing.assert_close(layer(x), unmerged)
     layer.train()
-    unit = torch.finfo(torch.float32).eps * W0.abs().max()
-    assert (layer.weight - W0).abs().max() <= 2 * unit
-    # No drift: a hundred more toggles with the same adapter stay within a few units (measured: 3).
+    assert torch.equal(layer.weight, W0)  # the merge kept W0 aside: it comes back bit for bit
     for _ in range(100):
         layer.eval().train()
-    assert (layer.weight - W0).abs().max() <= 4 * unit
+    assert torch.equal(layer.weight, W0)
 
 
 def test_dora_unmerges_what_it_merged_when_the_factors_change_while_merged():
@@ -199,8 +199,7 @@ def test_dora_unmerges_what_it_merged_when_the_factors_change_while_merged():
         layer.lora_magnitude.mul_(2.0)
         layer.lora_B.add_(0.5)
     layer.train()
-    unit = torch.finfo(torch.float32).eps * W0.abs().max()
-    assert (layer.weight - W0).abs().max() <= 4 * unit
+    assert torch.equal(layer.weight, W0)
 
 
 @pytest.mark.parametrize("saved_mode, loaded_mode", [("train", "eval"), ("eval", "train"), ("eval", "eval")])
