@@ -201,6 +201,25 @@ def _stack_without_transposing_b(factors):
     return A_T, B, torch.tensor([s for _, _, s in factors])
 
 
+def _dora_by_columns(W0, A, B, magnitude, scaling):
+    V = W0 + scaling * B @ A
+    return magnitude[:, None] * V / torch.linalg.vector_norm(V, dim=0, keepdim=True)
+
+
+def _pissa_uneven(W0, r, scaling):
+    U, S, Vh = torch.linalg.svd(W0, full_matrices=False)
+    B, A = U[:, :r] * S[:r] / scaling, Vh[:r]  # the right product, all of S in B
+    return A, B, W0 - scaling * B @ A
+
+
+def _plus_forgets_the_bias(model, lr, ratio):
+    named = list(model.named_parameters())
+    return [
+        {"params": [p for n, p in named if n.endswith("lora_A")], "lr": lr},
+        {"params": [p for n, p in named if n.endswith("lora_B")], "lr": lr * ratio},
+    ]
+
+
 WRONG = {
     "check_param_counts": (lambda d, k, r: (d * k, r * d * k), "failed", "B is d x r"),
     "check_best_rank_r": (
@@ -244,6 +263,9 @@ WRONG = {
     "check_lora_counts": (_counts_c_proj_once, "failed", "AND mlp.c_proj"),
     "check_inject_qv": (_inject_qv_not_frozen, "failed", "mark_only_lora_as_trainable"),
     "check_export_plain": (_export_plain_adds_twice, "failed", "ALREADY merged"),
+    "check_dora_weight": (_dora_by_columns, "failed", "each ROW"),
+    "check_pissa_split": (_pissa_uneven, "failed", "evenly"),
+    "check_lora_plus_groups": (_plus_forgets_the_bias, "failed", "0.bias is in no group"),
     "check_stack_adapters": (_stack_without_transposing_b, "failed", "transpose each B"),
     "check_mixed_linear": (
         lambda x, W, b, A_T, B_T, s, slots: x @ W.T + b + torch.bmm(torch.bmm(x, A_T[slots]), B_T[slots]),
@@ -356,6 +378,30 @@ def _export_with_merge_and_export(model):
     return lora.merge_and_export(model)
 
 
+def _dora_with_the_layer(W0, A, B, magnitude, scaling):
+    layer = lora.Linear(
+        W0.shape[1], W0.shape[0], r=A.shape[0], lora_alpha=scaling * A.shape[0], bias=False, use_dora=True
+    )
+    with torch.no_grad():
+        layer.weight.copy_(W0)
+        layer.lora_A.copy_(A)
+        layer.lora_B.copy_(B)
+        layer.lora_magnitude.copy_(magnitude)
+    return layer.eval().weight
+
+
+def _pissa_with_init_pissa(W0, r, scaling):
+    layer = lora.Linear(W0.shape[1], W0.shape[0], r=r, lora_alpha=scaling * r, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(W0)
+    lora.init_pissa(layer)
+    return layer.lora_A, layer.lora_B, layer.weight
+
+
+def _plus_with_the_library(model, lr, ratio):
+    return lora.lora_plus_param_groups(model, lr=lr, ratio=ratio)
+
+
 #: (checker, answer that ignores the task, a fragment the message must contain)
 SHORTCUTS = [
     ("check_lora_forward", _forward_dense, "dense update (5 x 6)"),
@@ -386,6 +432,9 @@ SHORTCUTS = [
     ("check_export_linear", _export_through_eval, "changed `layer` (merged, training"),
     ("check_inject_qv", _inject_with_add_lora_by_name, "calls `add_lora`"),
     ("check_export_plain", _export_with_merge_and_export, "uses `merge_and_export`"),
+    ("check_dora_weight", _dora_with_the_layer, "uses `Linear`"),
+    ("check_pissa_split", _pissa_with_init_pissa, "uses `init_pissa`"),
+    ("check_lora_plus_groups", _plus_with_the_library, "uses `lora_plus_param_groups`"),
 ]
 
 
