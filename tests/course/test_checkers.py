@@ -193,6 +193,16 @@ def _export_plain_adds_twice(model):
     return exported
 
 
+def _config_without_patterns(target_modules, r, lora_alpha, lora_dropout=0.0, enable_lora=None, use_rslora=False):
+    return {"r": r, "lora_alpha": lora_alpha, "target_modules": target_modules, "lora_dropout": lora_dropout}
+
+
+def _merged_b_on_the_first_slices(layer):
+    d = layer.out_features // len(layer.enable_lora)
+    diagonal = torch.block_diag(*layer.lora_B.split(d))  # (k d, k r)
+    return layer.lora_A, F.pad(diagonal, (0, 0, 0, layer.out_features - diagonal.shape[0]))  # rows of slices 1..k
+
+
 #: checker -> (wrong answer, expected status, a fragment the message must contain)
 def _stack_without_transposing_b(factors):
     rank = max(A.shape[0] for A, _, _ in factors)
@@ -255,6 +265,13 @@ WRONG = {
         "failed",
         "ITS OWN table",
     ),
+    "check_peft_key": (
+        lambda name, layer, factor: f"base_model.model.{name}.{factor}.weight",
+        "failed",
+        "lora_embedding_A",
+    ),
+    "check_lora_config": (_config_without_patterns, "failed", "rank_pattern and alpha_pattern"),
+    "check_merged_as_lora": (_merged_b_on_the_first_slices, "failed", "ENABLED"),
     "check_shard_loss": (
         lambda logits, targets, n, world: F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100),
         "failed",
@@ -356,6 +373,21 @@ def _export_with_merge_and_export(model):
     return lora.merge_and_export(model)
 
 
+def _key_from_a_written_adapter(module_name, layer, factor):
+    import tempfile
+
+    from lora_basics.peft_bridge import load_safetensors
+
+    write = getattr(lora, "to_" + "peft")  # hidden from a scan of the source: the call itself is seen
+    wrapper = nn.ModuleDict({"x": layer})
+    with tempfile.TemporaryDirectory() as folder:
+        write(wrapper, folder)
+        keys = sorted(load_safetensors(f"{folder}/adapter_model.safetensors"))
+    return keys[FACTORS.index(factor)].replace("base_model.model.x.", f"base_model.model.{module_name}.")
+
+
+FACTORS = ("lora_A", "lora_B")
+
 #: (checker, answer that ignores the task, a fragment the message must contain)
 SHORTCUTS = [
     ("check_lora_forward", _forward_dense, "dense update (5 x 6)"),
@@ -386,6 +418,9 @@ SHORTCUTS = [
     ("check_export_linear", _export_through_eval, "changed `layer` (merged, training"),
     ("check_inject_qv", _inject_with_add_lora_by_name, "calls `add_lora`"),
     ("check_export_plain", _export_with_merge_and_export, "uses `merge_and_export`"),
+    ("check_peft_key", _key_from_a_written_adapter, "calls `to_peft`"),
+    ("check_merged_as_lora", lambda layer: (layer.lora_A, layer.full_lora_B()), "calls `full_lora_B`"),
+    ("check_merged_as_lora", lambda layer: (layer.lora_A, layer.delta_weight()), "calls `delta_weight`"),
 ]
 
 
