@@ -433,6 +433,44 @@ def test_checker_fails_an_answer_that_ignores_the_task(checker, answer, fragment
     assert fragment in str(found), str(found)
 
 
+def test_lora_config_accepts_any_config_that_peft_reads_as_the_same_layers():
+    # The fused layers' rank and alpha at the top, the plain targets' in the patterns: the reverse of the
+    # reference solution, and the same layers once PEFT has read it.
+    def lora_config(target_modules, r, lora_alpha, lora_dropout=0.0, enable_lora=None, use_rslora=False):
+        enable_lora = enable_lora or {}
+        k = max((sum(flags) for flags in enable_lora.values()), default=1)
+        plain = [target for target in target_modules if target not in enable_lora]
+        return {
+            "r": r * k,
+            "lora_alpha": lora_alpha * (math.sqrt(k) if use_rslora else k),
+            "target_modules": target_modules,
+            "lora_dropout": lora_dropout,
+            "use_rslora": use_rslora,
+            "rank_pattern": dict.fromkeys(plain, r),
+            "alpha_pattern": dict.fromkeys(plain, lora_alpha),
+        }
+
+    checkers.check_lora_config(lora_config)
+
+
+def test_lora_config_names_the_layer_whose_scale_is_wrong():
+    def lora_config(target_modules, r, lora_alpha, lora_dropout=0.0, enable_lora=None, use_rslora=False):
+        k = {target: sum(flags) for target, flags in (enable_lora or {}).items()}
+        return {
+            "r": r,
+            "lora_alpha": lora_alpha,
+            "target_modules": target_modules,
+            "lora_dropout": lora_dropout,
+            "use_rslora": use_rslora,
+            "rank_pattern": {target: r * n for target, n in k.items()},
+            "alpha_pattern": {target: lora_alpha * n for target, n in k.items()},  # alpha * k even with rsLoRA
+        }
+
+    message = str(failure("check_lora_config", lora_config))
+    assert "use_rslora=True" in message, message
+    assert "h.0.attn.c_attn reads as rank 4, scale 4, expected rank 4, scale 2.828" in message, message
+
+
 def test_embedding_forward_accepts_a_lookup_that_skips_the_padding_row():
     # Column padding_idx of lora_A never trains, so it is zero: leaving the padding row out changes nothing.
     def embedding_forward(ids, layer):
