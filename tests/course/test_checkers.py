@@ -193,6 +193,16 @@ def _export_plain_adds_twice(model):
     return exported
 
 
+def _config_without_patterns(target_modules, r, lora_alpha, lora_dropout=0.0, enable_lora=None, use_rslora=False):
+    return {"r": r, "lora_alpha": lora_alpha, "target_modules": target_modules, "lora_dropout": lora_dropout}
+
+
+def _merged_b_on_the_first_slices(layer):
+    d = layer.out_features // len(layer.enable_lora)
+    diagonal = torch.block_diag(*layer.lora_B.split(d))  # (k d, k r)
+    return layer.lora_A, F.pad(diagonal, (0, 0, 0, layer.out_features - diagonal.shape[0]))  # rows of slices 1..k
+
+
 #: checker -> (wrong answer, expected status, a fragment the message must contain)
 def _stack_without_transposing_b(factors):
     rank = max(A.shape[0] for A, _, _ in factors)
@@ -277,6 +287,13 @@ WRONG = {
         "failed",
         "ITS OWN table",
     ),
+    "check_peft_key": (
+        lambda name, layer, factor: f"base_model.model.{name}.{factor}.weight",
+        "failed",
+        "lora_embedding_A",
+    ),
+    "check_lora_config": (_config_without_patterns, "failed", "rank_pattern and alpha_pattern"),
+    "check_merged_as_lora": (_merged_b_on_the_first_slices, "failed", "ENABLED"),
     "check_shard_loss": (
         lambda logits, targets, n, world: F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100),
         "failed",
@@ -402,6 +419,21 @@ def _plus_with_the_library(model, lr, ratio):
     return lora.lora_plus_param_groups(model, lr=lr, ratio=ratio)
 
 
+def _key_from_a_written_adapter(module_name, layer, factor):
+    import tempfile
+
+    from lora_basics.peft_bridge import load_safetensors
+
+    write = getattr(lora, "to_" + "peft")  # hidden from a scan of the source: the call itself is seen
+    wrapper = nn.ModuleDict({"x": layer})
+    with tempfile.TemporaryDirectory() as folder:
+        write(wrapper, folder)
+        keys = sorted(load_safetensors(f"{folder}/adapter_model.safetensors"))
+    return keys[FACTORS.index(factor)].replace("base_model.model.x.", f"base_model.model.{module_name}.")
+
+
+FACTORS = ("lora_A", "lora_B")
+
 #: (checker, answer that ignores the task, a fragment the message must contain)
 SHORTCUTS = [
     ("check_lora_forward", _forward_dense, "dense update (5 x 6)"),
@@ -435,6 +467,9 @@ SHORTCUTS = [
     ("check_dora_weight", _dora_with_the_layer, "uses `Linear`"),
     ("check_pissa_split", _pissa_with_init_pissa, "uses `init_pissa`"),
     ("check_lora_plus_groups", _plus_with_the_library, "uses `lora_plus_param_groups`"),
+    ("check_peft_key", _key_from_a_written_adapter, "calls `to_peft`"),
+    ("check_merged_as_lora", lambda layer: (layer.lora_A, layer.full_lora_B()), "calls `full_lora_B`"),
+    ("check_merged_as_lora", lambda layer: (layer.lora_A, layer.delta_weight()), "calls `delta_weight`"),
 ]
 
 
@@ -445,6 +480,44 @@ def test_checker_fails_an_answer_that_ignores_the_task(checker, answer, fragment
     found = failure(checker, answer)
     assert found.status == "failed", str(found)
     assert fragment in str(found), str(found)
+
+
+def test_lora_config_accepts_any_config_that_peft_reads_as_the_same_layers():
+    # The fused layers' rank and alpha at the top, the plain targets' in the patterns: the reverse of the
+    # reference solution, and the same layers once PEFT has read it.
+    def lora_config(target_modules, r, lora_alpha, lora_dropout=0.0, enable_lora=None, use_rslora=False):
+        enable_lora = enable_lora or {}
+        k = max((sum(flags) for flags in enable_lora.values()), default=1)
+        plain = [target for target in target_modules if target not in enable_lora]
+        return {
+            "r": r * k,
+            "lora_alpha": lora_alpha * (math.sqrt(k) if use_rslora else k),
+            "target_modules": target_modules,
+            "lora_dropout": lora_dropout,
+            "use_rslora": use_rslora,
+            "rank_pattern": dict.fromkeys(plain, r),
+            "alpha_pattern": dict.fromkeys(plain, lora_alpha),
+        }
+
+    checkers.check_lora_config(lora_config)
+
+
+def test_lora_config_names_the_layer_whose_scale_is_wrong():
+    def lora_config(target_modules, r, lora_alpha, lora_dropout=0.0, enable_lora=None, use_rslora=False):
+        k = {target: sum(flags) for target, flags in (enable_lora or {}).items()}
+        return {
+            "r": r,
+            "lora_alpha": lora_alpha,
+            "target_modules": target_modules,
+            "lora_dropout": lora_dropout,
+            "use_rslora": use_rslora,
+            "rank_pattern": {target: r * n for target, n in k.items()},
+            "alpha_pattern": {target: lora_alpha * n for target, n in k.items()},  # alpha * k even with rsLoRA
+        }
+
+    message = str(failure("check_lora_config", lora_config))
+    assert "use_rslora=True" in message, message
+    assert "h.0.attn.c_attn reads as rank 4, scale 4, expected rank 4, scale 2.828" in message, message
 
 
 def test_embedding_forward_accepts_a_lookup_that_skips_the_padding_row():
