@@ -32,6 +32,7 @@ from .lesson07 import check_conv_delta, check_conv_forward, check_conv_shapes
 from .lesson08 import NaiveMergeLinear, check_export_linear, check_no_double_merge
 from .lesson09 import check_export_plain, check_inject_qv, check_lora_counts
 from .lesson09 import prepare as _prepare_lesson09
+from .lesson11 import check_dequantize_packed, check_nf4_levels, check_quantize_blockwise
 from .lesson13 import check_mixed_embedding, check_mixed_linear, check_stack_adapters
 from .lesson14 import check_allreduce_bytes, check_memory_per_gpu, check_shard_loss
 
@@ -72,6 +73,9 @@ __all__ = [
     "check_lora_counts",
     "check_inject_qv",
     "check_export_plain",
+    "check_nf4_levels",
+    "check_quantize_blockwise",
+    "check_dequantize_packed",
     "check_shard_loss",
     "check_allreduce_bytes",
     "check_memory_per_gpu",

@@ -193,6 +193,38 @@ def _export_plain_adds_twice(model):
     return exported
 
 
+def _levels_not_scaled(p_max):
+    positive = torch.special.ndtri(torch.linspace(p_max, 0.5, 9, dtype=torch.float64)[:-1])
+    negative = -torch.special.ndtri(torch.linspace(p_max, 0.5, 8, dtype=torch.float64)[:-1])
+    return torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values.float()
+
+
+def _levels_unsorted(p_max):
+    positive = torch.special.ndtri(torch.linspace(p_max, 0.5, 9, dtype=torch.float64)[:-1])
+    negative = -torch.special.ndtri(torch.linspace(p_max, 0.5, 8, dtype=torch.float64)[:-1])
+    levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative])
+    return (levels / levels.max()).float()
+
+
+def _quantize_one_absmax(weight, blocksize):
+    # every value scaled by the absmax of the whole weight, not by that of its block
+    blocks = weight.reshape(-1, blocksize)
+    scaled = (blocks / weight.abs().max()).reshape(-1, 1)
+    return (scaled - lora.nf4.NF4_LEVELS).abs().argmin(dim=1), blocks.abs().amax(dim=1)
+
+
+def _quantize_dividing_by_zero(weight, blocksize):
+    blocks = weight.reshape(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = (blocks / absmax[:, None]).reshape(-1, 1)  # a block of zeros becomes NaN
+    return (scaled - lora.nf4.NF4_LEVELS).abs().argmin(dim=1), absmax
+
+
+def _dequantize_low_half_first(packed, absmax, shape, blocksize):
+    codes = torch.stack([packed.long() & 15, packed.long() >> 4], dim=1).reshape(-1)
+    return (lora.nf4.NF4_LEVELS[codes].view(-1, blocksize) * absmax[:, None]).view(shape)
+
+
 #: checker -> (wrong answer, expected status, a fragment the message must contain)
 def _stack_without_transposing_b(factors):
     rank = max(A.shape[0] for A, _, _ in factors)
@@ -244,6 +276,9 @@ WRONG = {
     "check_lora_counts": (_counts_c_proj_once, "failed", "AND mlp.c_proj"),
     "check_inject_qv": (_inject_qv_not_frozen, "failed", "mark_only_lora_as_trainable"),
     "check_export_plain": (_export_plain_adds_twice, "failed", "ALREADY merged"),
+    "check_nf4_levels": (_levels_not_scaled, "failed", "divided by the largest"),
+    "check_quantize_blockwise": (_quantize_one_absmax, "failed", "absmax of ITS block"),
+    "check_dequantize_packed": (_dequantize_low_half_first, "failed", "FIRST code of each byte is in its HIGH 4 bits"),
     "check_stack_adapters": (_stack_without_transposing_b, "failed", "transpose each B"),
     "check_mixed_linear": (
         lambda x, W, b, A_T, B_T, s, slots: x @ W.T + b + torch.bmm(torch.bmm(x, A_T[slots]), B_T[slots]),
@@ -356,6 +391,11 @@ def _export_with_merge_and_export(model):
     return lora.merge_and_export(model)
 
 
+def _quantize_with_the_library(weight, blocksize):
+    q = lora.nf4.quantize_nf4(weight, blocksize)
+    return lora.nf4.unpack(q.packed, weight.numel()), q.absmax
+
+
 #: (checker, answer that ignores the task, a fragment the message must contain)
 SHORTCUTS = [
     ("check_lora_forward", _forward_dense, "dense update (5 x 6)"),
@@ -386,6 +426,26 @@ SHORTCUTS = [
     ("check_export_linear", _export_through_eval, "changed `layer` (merged, training"),
     ("check_inject_qv", _inject_with_add_lora_by_name, "calls `add_lora`"),
     ("check_export_plain", _export_with_merge_and_export, "uses `merge_and_export`"),
+    ("check_nf4_levels", _levels_unsorted, "not sorted"),
+    (
+        "check_nf4_levels",
+        lambda p_max: getattr(lora.nf4, "normal_float" + "_levels")(p_max),
+        "calls `normal_float_levels`",
+    ),
+    ("check_quantize_blockwise", _quantize_dividing_by_zero, "its last block all zeros: 32 codes are wrong"),
+    (
+        "check_quantize_blockwise",
+        lambda weight, blocksize: getattr(lora.nf4, "quantize" + "_blocks")(weight, lora.nf4.NF4_LEVELS, blocksize),
+        "calls `quantize_blocks`",
+    ),
+    ("check_quantize_blockwise", _quantize_with_the_library, "uses `quantize_nf4`"),
+    (
+        "check_dequantize_packed",
+        lambda packed, absmax, shape, blocksize: getattr(lora.nf4, "dequantize" + "_nf4")(
+            lora.nf4.NF4Tensor(packed, absmax, torch.Size(shape), torch.float32, blocksize)
+        ),
+        "calls `dequantize_nf4`",
+    ),
 ]
 
 
