@@ -593,3 +593,37 @@ def test_forbidden_uses_reads_code_not_comments_or_strings():
     source = "# do not call add_lora\ns = 'merge_and_export'\nfrom lora_basics import add_lora as a\nlora.merge_and_export(m)"
     assert forbidden_uses(source, ("add_lora", "merge_and_export", "delta_weight")) == ["add_lora", "merge_and_export"]
     assert forbidden_uses("def f(:", ("add_lora",)) == []
+
+
+def _nf4_codes_flipped_near_midpoints(within: float, flipped: list):
+    """A blockwise NF4 quantizer that picks the OTHER of the two nearest levels for values within ``within`` of
+    the midpoint between them (and counts them in ``flipped``)."""
+    levels = lora.nf4.NF4_LEVELS
+    midpoints = (levels[:-1] + levels[1:]) / 2
+
+    def quantize_blockwise(weight, blocksize):
+        blocks = weight.reshape(-1, blocksize)
+        absmax = blocks.abs().amax(dim=1)
+        scaled = (blocks / absmax.clamp(min=1e-38)[:, None]).reshape(-1)
+        codes = (scaled[:, None] - levels).abs().argmin(dim=1)
+        distance, nearest = (scaled[:, None] - midpoints).abs().min(dim=1)
+        near = distance < within
+        codes[near] = torch.where(codes[near] == nearest[near], nearest[near] + 1, nearest[near])
+        flipped.append(int(near.sum()))
+        return codes, absmax
+
+    return quantize_blockwise
+
+
+def test_quantize_blockwise_accepts_either_level_only_for_a_value_on_a_midpoint():
+    # Dividing by the absmax or multiplying by its reciprocal can move a value a rounding error across the
+    # midpoint between two levels. The inputs of seed 38 hold such a value (8.8e-7 from a midpoint).
+    exercise, seed = EXERCISES["quantize_blockwise"], 38
+    flipped = []
+    record = exercise.run_probe(_nf4_codes_flipped_near_midpoints(1e-6, flipped), seed)
+    assert sum(flipped) > 0
+    assert exercise.verdict(record, seed).startswith("the codes")
+    flipped = []
+    record = exercise.run_probe(_nf4_codes_flipped_near_midpoints(1e-3, flipped), seed)
+    with pytest.raises(ExerciseFailed, match="codes are wrong"):
+        exercise.verdict(record, seed)
