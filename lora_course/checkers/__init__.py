@@ -33,6 +33,7 @@ from .lesson08 import NaiveMergeLinear, check_export_linear, check_no_double_mer
 from .lesson09 import check_export_plain, check_inject_qv, check_lora_counts
 from .lesson09 import prepare as _prepare_lesson09
 from .lesson10 import check_dora_weight, check_lora_plus_groups, check_pissa_split
+from .lesson11 import check_dequantize_packed, check_nf4_levels, check_quantize_blockwise
 from .lesson12 import check_lora_config, check_merged_as_lora, check_peft_key
 from .lesson13 import check_mixed_embedding, check_mixed_linear, check_stack_adapters
 from .lesson14 import check_allreduce_bytes, check_memory_per_gpu, check_shard_loss
@@ -77,6 +78,9 @@ __all__ = [
     "check_dora_weight",
     "check_pissa_split",
     "check_lora_plus_groups",
+    "check_nf4_levels",
+    "check_quantize_blockwise",
+    "check_dequantize_packed",
     "check_peft_key",
     "check_lora_config",
     "check_merged_as_lora",

@@ -203,6 +203,38 @@ def _merged_b_on_the_first_slices(layer):
     return layer.lora_A, F.pad(diagonal, (0, 0, 0, layer.out_features - diagonal.shape[0]))  # rows of slices 1..k
 
 
+def _levels_not_scaled(p_max):
+    positive = torch.special.ndtri(torch.linspace(p_max, 0.5, 9, dtype=torch.float64)[:-1])
+    negative = -torch.special.ndtri(torch.linspace(p_max, 0.5, 8, dtype=torch.float64)[:-1])
+    return torch.cat([negative, torch.zeros(1, dtype=torch.float64), positive]).sort().values.float()
+
+
+def _levels_unsorted(p_max):
+    positive = torch.special.ndtri(torch.linspace(p_max, 0.5, 9, dtype=torch.float64)[:-1])
+    negative = -torch.special.ndtri(torch.linspace(p_max, 0.5, 8, dtype=torch.float64)[:-1])
+    levels = torch.cat([positive, torch.zeros(1, dtype=torch.float64), negative])
+    return (levels / levels.max()).float()
+
+
+def _quantize_one_absmax(weight, blocksize):
+    # every value scaled by the absmax of the whole weight, not by that of its block
+    blocks = weight.reshape(-1, blocksize)
+    scaled = (blocks / weight.abs().max()).reshape(-1, 1)
+    return (scaled - lora.nf4.NF4_LEVELS).abs().argmin(dim=1), blocks.abs().amax(dim=1)
+
+
+def _quantize_dividing_by_zero(weight, blocksize):
+    blocks = weight.reshape(-1, blocksize)
+    absmax = blocks.abs().amax(dim=1)
+    scaled = (blocks / absmax[:, None]).reshape(-1, 1)  # a block of zeros becomes NaN
+    return (scaled - lora.nf4.NF4_LEVELS).abs().argmin(dim=1), absmax
+
+
+def _dequantize_low_half_first(packed, absmax, shape, blocksize):
+    codes = torch.stack([packed.long() & 15, packed.long() >> 4], dim=1).reshape(-1)
+    return (lora.nf4.NF4_LEVELS[codes].view(-1, blocksize) * absmax[:, None]).view(shape)
+
+
 #: checker -> (wrong answer, expected status, a fragment the message must contain)
 def _stack_without_transposing_b(factors):
     rank = max(A.shape[0] for A, _, _ in factors)
@@ -276,6 +308,9 @@ WRONG = {
     "check_dora_weight": (_dora_by_columns, "failed", "each ROW"),
     "check_pissa_split": (_pissa_uneven, "failed", "evenly"),
     "check_lora_plus_groups": (_plus_forgets_the_bias, "failed", "0.bias is in no group"),
+    "check_nf4_levels": (_levels_not_scaled, "failed", "divided by the largest"),
+    "check_quantize_blockwise": (_quantize_one_absmax, "failed", "absmax of ITS block"),
+    "check_dequantize_packed": (_dequantize_low_half_first, "failed", "FIRST code of each byte is in its HIGH 4 bits"),
     "check_stack_adapters": (_stack_without_transposing_b, "failed", "transpose each B"),
     "check_mixed_linear": (
         lambda x, W, b, A_T, B_T, s, slots: x @ W.T + b + torch.bmm(torch.bmm(x, A_T[slots]), B_T[slots]),
@@ -434,6 +469,12 @@ def _key_from_a_written_adapter(module_name, layer, factor):
 
 FACTORS = ("lora_A", "lora_B")
 
+
+def _quantize_with_the_library(weight, blocksize):
+    q = lora.nf4.quantize_nf4(weight, blocksize)
+    return lora.nf4.unpack(q.packed, weight.numel()), q.absmax
+
+
 #: (checker, answer that ignores the task, a fragment the message must contain)
 SHORTCUTS = [
     ("check_lora_forward", _forward_dense, "dense update (5 x 6)"),
@@ -470,6 +511,26 @@ SHORTCUTS = [
     ("check_peft_key", _key_from_a_written_adapter, "calls `to_peft`"),
     ("check_merged_as_lora", lambda layer: (layer.lora_A, layer.full_lora_B()), "calls `full_lora_B`"),
     ("check_merged_as_lora", lambda layer: (layer.lora_A, layer.delta_weight()), "calls `delta_weight`"),
+    ("check_nf4_levels", _levels_unsorted, "not sorted"),
+    (
+        "check_nf4_levels",
+        lambda p_max: getattr(lora.nf4, "normal_float" + "_levels")(p_max),
+        "calls `normal_float_levels`",
+    ),
+    ("check_quantize_blockwise", _quantize_dividing_by_zero, "its last block all zeros: 32 codes are wrong"),
+    (
+        "check_quantize_blockwise",
+        lambda weight, blocksize: getattr(lora.nf4, "quantize" + "_blocks")(weight, lora.nf4.NF4_LEVELS, blocksize),
+        "calls `quantize_blocks`",
+    ),
+    ("check_quantize_blockwise", _quantize_with_the_library, "uses `quantize_nf4`"),
+    (
+        "check_dequantize_packed",
+        lambda packed, absmax, shape, blocksize: getattr(lora.nf4, "dequantize" + "_nf4")(
+            lora.nf4.NF4Tensor(packed, absmax, torch.Size(shape), torch.float32, blocksize)
+        ),
+        "calls `dequantize_nf4`",
+    ),
 ]
 
 
@@ -655,3 +716,37 @@ def test_forbidden_uses_reads_code_not_comments_or_strings():
     source = "# do not call add_lora\ns = 'merge_and_export'\nfrom lora_basics import add_lora as a\nlora.merge_and_export(m)"
     assert forbidden_uses(source, ("add_lora", "merge_and_export", "delta_weight")) == ["add_lora", "merge_and_export"]
     assert forbidden_uses("def f(:", ("add_lora",)) == []
+
+
+def _nf4_codes_flipped_near_midpoints(within: float, flipped: list):
+    """A blockwise NF4 quantizer that picks the OTHER of the two nearest levels for values within ``within`` of
+    the midpoint between them (and counts them in ``flipped``)."""
+    levels = lora.nf4.NF4_LEVELS
+    midpoints = (levels[:-1] + levels[1:]) / 2
+
+    def quantize_blockwise(weight, blocksize):
+        blocks = weight.reshape(-1, blocksize)
+        absmax = blocks.abs().amax(dim=1)
+        scaled = (blocks / absmax.clamp(min=1e-38)[:, None]).reshape(-1)
+        codes = (scaled[:, None] - levels).abs().argmin(dim=1)
+        distance, nearest = (scaled[:, None] - midpoints).abs().min(dim=1)
+        near = distance < within
+        codes[near] = torch.where(codes[near] == nearest[near], nearest[near] + 1, nearest[near])
+        flipped.append(int(near.sum()))
+        return codes, absmax
+
+    return quantize_blockwise
+
+
+def test_quantize_blockwise_accepts_either_level_only_for_a_value_on_a_midpoint():
+    # Dividing by the absmax or multiplying by its reciprocal can move a value a rounding error across the
+    # midpoint between two levels. The inputs of seed 38 hold such a value (8.8e-7 from a midpoint).
+    exercise, seed = EXERCISES["quantize_blockwise"], 38
+    flipped = []
+    record = exercise.run_probe(_nf4_codes_flipped_near_midpoints(1e-6, flipped), seed)
+    assert sum(flipped) > 0
+    assert exercise.verdict(record, seed).startswith("the codes")
+    flipped = []
+    record = exercise.run_probe(_nf4_codes_flipped_near_midpoints(1e-3, flipped), seed)
+    with pytest.raises(ExerciseFailed, match="codes are wrong"):
+        exercise.verdict(record, seed)
